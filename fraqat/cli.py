@@ -1,0 +1,128 @@
+"""The ``fraqat`` command: one sub-command per pipeline stage, all reading ``params.yaml``.
+
+Thin on purpose: parse arguments, validate params, call ``fraqat.stages.<stage>.run``. User
+errors (:class:`fraqat.errors.FraqatError`) print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from fraqat.errors import FraqatError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="FraQAT: progressive fractional-bit QAT for diffusion transformers.")
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="Path to params.yaml.")
+log = logging.getLogger("fraqat")
+
+
+def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
+    from fraqat.params import load_params
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        params = load_params(params_path)
+        module = importlib.import_module(f"fraqat.stages.{stage}")
+        start = time.perf_counter()
+        module.run(params, **kwargs)
+        log.info("stage %s done in %.1f s", stage, time.perf_counter() - start)
+    except FraqatError as exc:
+        typer.echo(f"fraqat {stage}: {exc}" if not str(exc).startswith("params.yaml")
+                   else str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _check_method(method: str, allowed: tuple[str, ...]) -> str:
+    if method not in allowed:
+        typer.echo(f"--method {method!r} is not allowed (allowed: {', '.join(allowed)})",
+                   err=True)
+        raise typer.Exit(2)
+    return method
+
+
+@app.command()
+def validate(params: Path = ParamsOpt) -> None:
+    """Validate params.yaml and exit (0 if valid, 2 with one line if not)."""
+    from fraqat.params import load_params
+
+    try:
+        load_params(params)
+    except FraqatError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(f"{params}: ok")
+
+
+@app.command()
+def prepare(params: Path = ParamsOpt) -> None:
+    """Real images (+ prompts) that ship inside an installed package, split train/held-out."""
+    _run_stage("prepare", params)
+
+
+@app.command()
+def pretrain(params: Path = ParamsOpt) -> None:
+    """Train the embedded default's FP teacher (stands in for downloading a checkpoint)."""
+    _run_stage("pretrain", params)
+
+
+@app.command()
+def calibrate(params: Path = ParamsOpt) -> None:
+    """Write the calibration set: prompts, seeded noisy latents and timesteps."""
+    _run_stage("calibrate", params)
+
+
+@app.command()
+def teacher(params: Path = ParamsOpt) -> None:
+    """Cache the FP teacher's predictions on the calibration set."""
+    _run_stage("teacher", params)
+
+
+@app.command()
+def train(method: str = typer.Option(..., help="ptq | qat | fraqat | int-progressive"),
+          seed: int = typer.Option(0, min=0), params: Path = ParamsOpt) -> None:
+    """Quantization-aware training of one (method, seed) run, resumable."""
+    from fraqat.params import TRAINED_METHODS
+
+    _run_stage("train", params, method=_check_method(method, TRAINED_METHODS), seed=seed)
+
+
+@app.command()
+def classifier(params: Path = ParamsOpt) -> None:
+    """Train the evaluation classifier / feature network on the real training images."""
+    _run_stage("classifier", params)
+
+
+@app.command()
+def evaluate(method: str = typer.Option(..., help="fp | ptq | qat | fraqat | int-progressive"),
+             seed: int = typer.Option(0, min=0), params: Path = ParamsOpt) -> None:
+    """Sample fixed prompts/noise and score FID, prompt accuracy and teacher fidelity."""
+    from fraqat.params import METHODS
+
+    _run_stage("evaluate", params, method=_check_method(method, METHODS), seed=seed)
+
+
+@app.command()
+def report(params: Path = ParamsOpt) -> None:
+    """Write reports/comparison.{md,csv}, metrics.json and the plots."""
+    _run_stage("report", params)
+
+
+@app.command()
+def export(params: Path = ParamsOpt) -> None:
+    """Export the W4A8 model for Qualcomm HTP: ONNX QDQ + AIMET encodings, verified."""
+    _run_stage("export", params)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="fraqat")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

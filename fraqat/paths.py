@@ -1,0 +1,57 @@
+"""Where every stage reads and writes: the file contract between stages (relative to the repo root).
+
+Stages talk only through these files; ``dvc.yaml`` declares the same paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA = Path("data")
+REPORTS = Path("reports")
+
+DATASET = DATA / "dataset"                        # train/heldout .safetensors + meta.json
+TEACHER = DATA / "teacher"                        # the FP teacher (diffusers save_pretrained)
+CALIBRATION = DATA / "calibration.safetensors"    # x_t, timesteps, labels (+ x0, noise)
+TEACHER_OUTPUTS = DATA / "teacher_outputs.safetensors"
+CLASSIFIER = DATA / "classifier"                  # evaluation classifier / feature network
+RUNS = DATA / "runs"                              # one folder per trained (method, seed)
+CHECKPOINTS = DATA / "checkpoints"                # resumable training state, not a DVC output
+SAMPLES = DATA / "samples"
+EXPORT = DATA / "export"                          # model.onnx, model.encodings, manifest.json
+
+TRAIN_REPORTS = REPORTS / "train"
+EVAL_REPORTS = REPORTS / "eval"
+PLOTS = REPORTS / "plots"
+EXPORT_REPORT = REPORTS / "export.json"
+COMPARISON_MD = REPORTS / "comparison.md"
+COMPARISON_CSV = REPORTS / "comparison.csv"
+METRICS = REPORTS / "metrics.json"
+
+
+def run_name(method: str, seed: int) -> str:
+    return f"{method}-s{seed}"
+
+
+def run_dir(method: str, seed: int) -> Path:
+    return RUNS / run_name(method, seed)
+
+
+def checkpoint_dir(method: str, seed: int) -> Path:
+    return CHECKPOINTS / run_name(method, seed)
+
+
+def train_metrics(method: str, seed: int) -> Path:
+    return TRAIN_REPORTS / f"{run_name(method, seed)}.json"
+
+
+def train_log(method: str, seed: int) -> Path:
+    return TRAIN_REPORTS / f"{run_name(method, seed)}.tsv"
+
+
+def eval_metrics(method: str, seed: int) -> Path:
+    return EVAL_REPORTS / f"{run_name(method, seed)}.json"
+
+
+def samples_path(method: str, seed: int) -> Path:
+    return SAMPLES / f"{run_name(method, seed)}.safetensors"

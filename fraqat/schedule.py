@@ -1,0 +1,138 @@
+"""Weight bit-width schedules: pure objects answering ``bits_at(step)``.
+
+* ``constant``        standard QAT: the target bits from step 0.
+* ``fraqat``          FraQAT: optional FP warm-up, then start -> start-step -> ... -> target
+                      (8 -> 7.5 -> ... -> 4.5 -> 4 by default), each level held for a stage.
+* ``int-progressive`` the same with integer steps only (8 -> 7 -> ... -> 4), an ablation.
+* ``continuous``      b decays linearly from start to target, then holds the target.
+
+Stage lengths: ``shape="equal"`` splits the progressive part equally between levels;
+``shape="linear"`` makes stage i (0-based) last proportionally to i+1, so lower bit-widths get
+more steps. ``final_fraction`` reserves that share of all steps for the target level (the rest is
+shared by the higher levels). The last step is always at the target exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fraqat.quant import check_bits
+
+SCHEDULES = ("constant", "fraqat", "int-progressive", "continuous")
+SHAPES = ("equal", "linear")
+
+
+@dataclass(frozen=True)
+class ConstantSchedule:
+    target: float
+    total_steps: int
+
+    def bits_at(self, step: int) -> float:
+        return self.target
+
+
+@dataclass(frozen=True)
+class ProgressiveSchedule:
+    """Piecewise-constant levels; ``boundaries[i]`` is the first step of ``levels[i]``."""
+
+    levels: tuple[float | None, ...]
+    boundaries: tuple[int, ...]
+    total_steps: int
+
+    def bits_at(self, step: int) -> float | None:
+        idx = 0
+        for i, start in enumerate(self.boundaries):
+            if step >= start:
+                idx = i
+        return self.levels[idx]
+
+
+@dataclass(frozen=True)
+class ContinuousSchedule:
+    start: float
+    target: float
+    decay_steps: int
+    fp_steps: int
+    total_steps: int
+
+    def bits_at(self, step: int) -> float | None:
+        if step < self.fp_steps:
+            return None
+        t = min(1.0, (step - self.fp_steps) / max(1, self.decay_steps))
+        return self.start + (self.target - self.start) * t
+
+
+def bit_levels(start: float, target: float, step: float) -> list[float]:
+    """start, start-step, ..., down to target (target always included, never overshot)."""
+    levels, b = [], start
+    while b > target + 1e-9:
+        levels.append(round(b, 6))
+        b -= step
+    return levels + [target]
+
+
+def _split(total: int, weights: list[float]) -> list[int]:
+    """Integer stage lengths proportional to ``weights`` summing to ``total``."""
+    raw = [total * w / sum(weights) for w in weights]
+    lengths = [math.floor(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - lengths[i], reverse=True):
+        if sum(lengths) == total:
+            break
+        lengths[i] += 1
+    return lengths
+
+
+def make_schedule(name: str, target: float, total_steps: int, *, start: float = 8.0,
+                  step: float = 0.5, shape: str = "equal", fp_warmup: float = 0.0,
+                  final_fraction: float | None = None):
+    """Build a schedule; every argument is validated with a one-line ValueError."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule={name!r} is not allowed (allowed: {', '.join(SCHEDULES)})")
+    target = check_bits(target, "bits")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r} is not allowed (allowed: an integer >= 1)")
+    if name == "constant":
+        return ConstantSchedule(target, total_steps)
+    start = check_bits(start, "start_bits")
+    if start < target:
+        raise ValueError(f"start_bits={start} is below the target bits={target} "
+                         "(allowed: start_bits >= bits)")
+    if not (isinstance(step, (int, float)) and 0 < step <= 8):
+        raise ValueError(f"step={step!r} is not allowed (allowed: a number in (0, 8])")
+    if shape not in SHAPES:
+        raise ValueError(f"shape={shape!r} is not allowed (allowed: {', '.join(SHAPES)})")
+    if not 0.0 <= fp_warmup < 1.0:
+        raise ValueError(f"fp_warmup={fp_warmup!r} is not allowed (allowed: a fraction in [0, 1))")
+    if final_fraction is not None and not 0.0 < final_fraction <= 1.0:
+        raise ValueError(f"final_fraction={final_fraction!r} is not allowed "
+                         "(allowed: null or a fraction in (0, 1])")
+    fp_steps = int(round(fp_warmup * total_steps))
+    rest = total_steps - fp_steps
+    final_steps = int(round(final_fraction * rest)) if final_fraction else 0
+    if name == "continuous":
+        return ContinuousSchedule(start, target, max(0, rest - final_steps - 1), fp_steps,
+                                  total_steps)
+    if name == "int-progressive":
+        step, start = 1.0, float(math.ceil(start))
+    levels = bit_levels(start, target, step)
+    if final_steps:
+        upper = levels[:-1]
+        weights = [1.0] * len(upper) if shape == "equal" else [i + 1.0 for i in range(len(upper))]
+        lengths = (_split(rest - final_steps, weights) if upper else []) + [final_steps]
+    else:
+        weights = [1.0] * len(levels) if shape == "equal" else [i + 1.0 for i in range(len(levels))]
+        lengths = _split(rest, weights)
+    # the target stage always gets at least the last step
+    if lengths[-1] == 0:
+        lengths[-1] = 1
+        lengths[max(i for i in range(len(lengths) - 1) if lengths[i] > 0)] -= 1
+    all_levels = ([None] if fp_steps else []) + levels
+    all_lengths = ([fp_steps] if fp_steps else []) + lengths
+    boundaries, pos = [], 0
+    for n in all_lengths:
+        boundaries.append(pos)
+        pos += n
+    kept = [(lv, b) for lv, b, n in zip(all_levels, boundaries, all_lengths) if n > 0]
+    return ProgressiveSchedule(tuple(lv for lv, _ in kept), tuple(b for _, b in kept),
+                               total_steps)

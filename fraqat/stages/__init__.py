@@ -1,0 +1,1 @@
+"""Pipeline stages: each ``run(params, ...)`` reads files from the previous stage and writes its own."""
