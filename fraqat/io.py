@@ -25,6 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
+        os.chmod(tmp, 0o755 if tmp.is_dir() else 0o644)  # mkdtemp's 0700 is too private
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -59,8 +59,10 @@ class ContinuousSchedule:
     def bits_at(self, step: int) -> float | None:
         if step < self.fp_steps:
             return None
-        t = min(1.0, (step - self.fp_steps) / max(1, self.decay_steps))
-        return self.start + (self.target - self.start) * t
+        k = step - self.fp_steps
+        if k >= self.decay_steps:  # exactly the target (no float round-off), also if 0 steps
+            return self.target
+        return self.start + (self.target - self.start) * k / self.decay_steps
 
 
 def bit_levels(start: float, target: float, step: float) -> list[float]:
@@ -107,7 +109,7 @@ def make_schedule(name: str, target: float, total_steps: int, *, start: float = 
     if final_fraction is not None and not 0.0 < final_fraction <= 1.0:
         raise ValueError(f"final_fraction={final_fraction!r} is not allowed "
                          "(allowed: null or a fraction in (0, 1])")
-    fp_steps = int(round(fp_warmup * total_steps))
+    fp_steps = min(int(round(fp_warmup * total_steps)), total_steps - 1)  # target at the end
     rest = total_steps - fp_steps
     final_steps = int(round(final_fraction * rest)) if final_fraction else 0
     if name == "continuous":
@@ -133,6 +135,6 @@ def make_schedule(name: str, target: float, total_steps: int, *, start: float = 
     for n in all_lengths:
         boundaries.append(pos)
         pos += n
-    kept = [(lv, b) for lv, b, n in zip(all_levels, boundaries, all_lengths) if n > 0]
+    kept = [(lv, b) for lv, b, n in zip(all_levels, boundaries, all_lengths, strict=True) if n > 0]
     return ProgressiveSchedule(tuple(lv for lv, _ in kept), tuple(b for _, b in kept),
                                total_steps)

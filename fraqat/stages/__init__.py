@@ -1,1 +1,1 @@
-"""Pipeline stages: each ``run(params, ...)`` reads files from the previous stage and writes its own."""
+"""Pipeline stages: each ``run(params, ...)`` reads the files of earlier stages, writes its own."""

@@ -1,0 +1,70 @@
+"""Stage ``pretrain``: train the embedded default's FP teacher with flow matching.
+
+Stands in for "download the pretrained checkpoint": a tiny ``SanaTransformer2DModel`` and a
+learned prompt encoder trained from scratch on the digits, written to ``data/teacher``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from tqdm import tqdm
+
+from fraqat import paths
+from fraqat.data import PROMPTS, ImageSet, prompt_for
+from fraqat.errors import FraqatError
+from fraqat.flow import cosine_lr, noisy, sample_times, velocity
+from fraqat.io import atomic_path, load_tensors
+from fraqat.models import build_tiny_sana
+from fraqat.params import Params
+
+log = logging.getLogger(__name__)
+
+
+def load_split(name: str) -> ImageSet:
+    path = paths.DATASET / f"{name}.safetensors"
+    if not path.exists():
+        raise FraqatError(f"no dataset at {path} (run `dvc repro prepare` first)")
+    t = load_tensors(path)
+    return ImageSet(t["images"], t["labels"])
+
+
+def run(params: Params) -> None:
+    if params.model != "tiny-sana":
+        raise FraqatError(f"model={params.model!r}: pretrain builds only the embedded default; "
+                          "real models are loaded from model_path")
+    p = params.pretrain
+    torch.manual_seed(p.seed)
+    gen = torch.Generator().manual_seed(p.seed)
+    train = load_split("train")
+    model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS)
+    prompts = [prompt_for(y) for y in train.labels]
+    opt = torch.optim.AdamW(list(model.parameters()), lr=p.lr, weight_decay=0.01)
+    log.info("teacher: %d parameters, %d steps, batch %d",
+             sum(x.numel() for x in model.parameters()), p.steps, p.batch_size)
+    start, ema = time.perf_counter(), None
+    bar = tqdm(range(p.steps), desc="pretrain", mininterval=2)
+    model.train()
+    for step in bar:
+        idx = torch.randint(0, len(train.labels), (p.batch_size,), generator=gen)
+        x0 = train.images[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = sample_times(len(idx), gen)
+        hidden, mask = model.encode([prompts[i] for i in idx])
+        loss = torch.nn.functional.mse_loss(model.predict(noisy(x0, noise, t), t, hidden, mask),
+                                            velocity(x0, noise))
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, p.steps, p.lr, warmup=min(100, p.steps // 10))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+    seconds = time.perf_counter() - start
+    log.info("teacher trained in %.1f s, final loss (EMA) %.4f", seconds, ema)
+    with atomic_path(paths.TEACHER) as out:
+        model.eval().save_pretrained(out, meta={"model": "tiny-sana", "train_seconds": seconds,
+                                                "final_loss": ema, "steps": p.steps})
