@@ -51,6 +51,9 @@ class QuantConfig:
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity={self.granularity!r} is not allowed "
                              f"(allowed: {', '.join(GRANULARITIES)})")
+        gs = self.group_size
+        if isinstance(gs, bool) or not isinstance(gs, int) or gs < 1:
+            raise ValueError(f"group_size={gs!r} is not allowed (allowed: an integer >= 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +96,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         new.in_features, new.out_features = mod.in_features, mod.out_features
         new.weight, new.bias = mod.weight, mod.bias
         new._setup_quant(config, keep_8bit)
+        new.train(mod.training)  # keep eval/train mode
         return new.to(mod.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,6 +112,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         new._buffers = dict(mod._buffers)
         new._modules = dict(mod._modules)
         new._setup_quant(config, keep_8bit)
+        new.train(mod.training)  # keep eval/train mode
         return new.to(mod.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,8 @@ class TrainParams(_Strict):
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     lr_restart_per_stage: bool = False
     flow_matching_weight: float = Field(0.0, ge=0)
+    probe_every: int = Field(50, ge=1)
+    probe_samples: int = Field(256, ge=1)
 
 
 class EvalParams(_Strict):

@@ -105,15 +105,26 @@ def compute_qparams(x: torch.Tensor, bits: float, *, symmetric: bool = True,
 def quantize_with_qparams(rows: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Fake-quantize grouped ``rows`` with given qparams; STE for x, LSQ for a learned scale.
 
-    ``y = (clamp(round(x/s) + z, qmin, qmax) - z) * s``. The rounding is passed straight
-    through; the clamp's gradient is kept, so out-of-range values get no gradient.
+    ``y = (clamp(round(x/s) + z, qmin, qmax) - z) * s``. The gradient wrt ``x`` is exactly 1
+    where ``qmin <= round(x/s) + z <= qmax`` (bounds included, torch's fake-quant mask) and 0
+    elsewhere; wrt ``s`` it is LSQ's ``(code - z) - x/s`` inside, ``code - z`` outside.
     """
+    if rows.is_cuda and not torch.compiler.is_compiling():  # fused GPU path, same results
+        from fraqat.kernels import dispatch_quantize_with_qparams
+        out = dispatch_quantize_with_qparams(rows, qp)
+        if out is not None:
+            return out
     scale, zp = qp.scale, qp.zero_point.to(rows.dtype)
-    inv = 1.0 / scale
-    scaled = rows * inv
-    q = scaled + (torch.round(scaled) - scaled).detach() + zp  # round(x/s)+z with STE
-    q = torch.clamp(q, qp.quant_min, qp.quant_max)
-    return (q - zp) * scale
+    scaled = rows.detach() * (1.0 / scale.detach())  # x * (1/s), the rounding torch uses
+    q = torch.round(scaled) + zp
+    out = (torch.clamp(q, qp.quant_min, qp.quant_max) - zp) * scale
+    if torch.is_grad_enabled() and (rows.requires_grad or scale.requires_grad):
+        # zero-valued term carrying the STE/LSQ gradients (torch.clamp's own gradient is 0 AT
+        # the bounds, which would freeze every value that rounds to the extreme codes)
+        inside = (q >= qp.quant_min) & (q <= qp.quant_max)
+        t = torch.where(inside, rows - scaled * scale, 0.0)
+        out = out + (t - t.detach())
+    return out
 
 
 def fake_quantize(x: torch.Tensor, bits: float, *, granularity: Granularity = "tensor",
@@ -122,7 +133,14 @@ def fake_quantize(x: torch.Tensor, bits: float, *, granularity: Granularity = "t
 
     ``granularity``: one scale for the whole tensor, one per slice along ``axis``
     ("channel"), or one per ``group_size`` consecutive values of each slice ("group").
+    On CUDA a fused kernel (:mod:`fraqat.kernels`) gives the same values and gradients.
     """
+    if x.is_cuda and not torch.compiler.is_compiling():
+        from fraqat.kernels import dispatch_fake_quantize
+        out = dispatch_fake_quantize(x, bits, granularity=granularity, axis=axis,
+                                     group_size=group_size, symmetric=symmetric)
+        if out is not None:
+            return out
     qp = compute_qparams(x, bits, symmetric=symmetric, granularity=granularity, axis=axis,
                          group_size=group_size)
     rows = _group_view(x, granularity, axis, group_size)

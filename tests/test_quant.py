@@ -30,7 +30,8 @@ def _data(shape: tuple[int, ...], seed: int, spread: float = 1.0) -> torch.Tenso
 
 def _torch_per_channel(x: torch.Tensor, qp: QParams, axis: int) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(
-        x, qp.scale.flatten(), qp.zero_point.flatten(), axis, qp.quant_min, qp.quant_max)
+        x, qp.scale.flatten(), qp.zero_point.flatten(), axis % x.dim(), qp.quant_min,
+        qp.quant_max)
 
 
 # --- 1. exact equality with torch's integer fake-quant ------------------------------------
@@ -130,9 +131,8 @@ def test_num_levels() -> None:
 
 @pytest.mark.parametrize(("bits", "levels"), [(4.5, 21), (5, 31), (4, 15), (3.5, 11)])
 def test_distinct_values_per_group(bits: float, levels: int) -> None:
-    # dense data in every group: each group uses every level of its grid, never more
-    x = torch.linspace(-1, 1, 512).repeat(6, 1) * torch.arange(1, 7).unsqueeze(1)
-    x = x[:, torch.randperm(512, generator=torch.Generator().manual_seed(0))]
+    # dense data in every group of 128: each uses every level of its grid, never more
+    x = torch.linspace(-1, 1, 128).repeat(6, 4) * torch.arange(1, 7).unsqueeze(1)
     for gran in ("tensor", "channel", "group"):
         y = fake_quantize(x, bits, granularity=gran, group_size=128)
         groups = y.reshape(1, -1) if gran == "tensor" else y.reshape(
@@ -186,11 +186,13 @@ def test_error_bounded_by_half_step(bits: float, seed: int, symmetric: bool, gra
     rows = x.reshape(1, -1) if gran == "tensor" else x.reshape(-1, 24 if gran == "channel" else 8)
     err = (fake_quantize(x, bits, symmetric=symmetric, granularity=gran, group_size=8) - x)
     err = err.reshape(rows.shape).abs()
-    # inside the representable range [s*(qmin-z), s*(qmax-z)] the error is at most s/2
-    zp = qp.zero_point.float()
-    inside = (rows >= qp.scale * (qp.quant_min - zp)) & (rows <= qp.scale * (qp.quant_max - zp))
-    bound = qp.scale / 2 * (1 + 1e-5) + 1e-30
-    assert torch.all(err[inside] <= bound.expand_as(rows)[inside])
+    # within half a step of the grid s*[qmin-z, qmax-z] the error is at most s/2 (plus the
+    # float32 rounding of x * (1/s) and of code * s, a few ulps of |x|)
+    zp, s = qp.zero_point.float(), qp.scale
+    slack = 0.5 + 1e-5
+    inside = (rows >= s * (qp.quant_min - zp - slack)) & (rows <= s * (qp.quant_max - zp + slack))
+    bound = s / 2 + rows.abs() * 1e-6 + 1e-30
+    assert torch.all(err[inside] <= bound[inside])
     if symmetric:  # the symmetric grid covers the whole group: nothing is clamped
         assert torch.all(inside)
         assert int(codes.abs().max()) <= round(qmax(bits))

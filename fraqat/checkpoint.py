@@ -1,0 +1,56 @@
+"""Atomic, verifiable training checkpoints for exact resume.
+
+Written to a temporary file and renamed, so a crash leaves the previous checkpoint intact.
+A checkpoint records a fingerprint of the run's configuration; one from another
+configuration is never resumed silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fraqat.errors import FraqatError
+
+FILENAME = "checkpoint.pt"
+
+
+def fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(folder: Path, state: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / FILENAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(folder: Path) -> dict | None:
+    """The saved state, ``None`` if there is none; a corrupt file raises one clear line."""
+    path = folder / FILENAME
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unpickling/zip error means the file is unusable
+        raise FraqatError(f"checkpoint {path} is corrupt ({exc.__class__.__name__}); delete it "
+                          "to restart this run from step 0") from None
+    if not isinstance(state, dict) or "step" not in state or "fingerprint" not in state:
+        raise FraqatError(f"checkpoint {path} is corrupt (missing step/fingerprint); delete it "
+                          "to restart this run from step 0")
+    return state

@@ -1,0 +1,206 @@
+"""Progressive QAT by distillation: one loop for FraQAT, standard QAT and their ablations.
+
+Every method shares the student init (the FP teacher), the calibration data, the loss, the
+optimizer, the learning-rate schedule and the number of steps; only the weight bit schedule
+differs (:mod:`fraqat.schedule`). Loss at step k with bits b_k::
+
+    L = || f_{b_k}(x_t, t, c) - v_teacher ||^2  +  w_fm || f_{b_k}(x_t, t, c) - (noise - x0) ||^2
+
+Batches are a pure function of (seed, step), and checkpoints hold the model, optimizer and
+step, so a killed run resumes to the same final weights as an uninterrupted one (CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fraqat.checkpoint import load_checkpoint, save_checkpoint
+from fraqat.data import PROMPTS
+from fraqat.errors import FraqatError
+from fraqat.flow import cosine_lr
+from fraqat.models import TextToImage
+from fraqat.modules import calibrate_activations, set_weight_bits, weight_bits
+
+log = logging.getLogger(__name__)
+LOG_COLUMNS = ("step", "loss", "bits", "lr", "target_loss")
+FP_BITS = 32.0  # how full-precision weights appear in the numeric log
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float
+    batch_size: int
+    checkpoint_every: int
+    seed: int
+    lr_schedule: str = "cosine"
+    lr_restart_per_stage: bool = False
+    flow_matching_weight: float = 0.0
+    probe_every: int = 50
+    warmup: int = 0
+    fingerprint: str = ""
+
+
+@dataclass
+class DistillData:
+    """Calibration inputs with cached teacher velocities (all tensors share dim 0)."""
+
+    x_t: torch.Tensor
+    t: torch.Tensor
+    labels: torch.Tensor
+    teacher_v: torch.Tensor
+    target_v: torch.Tensor | None = None  # noise - x0, for the optional flow-matching term
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """The batch of ``step``: a pure function of (seed, step), so resume needs no RNG state."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, n, (batch_size,), generator=g)
+
+
+def stage_start(schedule, step: int) -> int:
+    """First step of the constant-bits stage that contains ``step`` (for per-stage restarts)."""
+    starts = [b for b in getattr(schedule, "boundaries", (0,)) if b <= step]
+    return starts[-1] if starts else 0
+
+
+def learning_rate(cfg: TrainConfig, schedule, step: int) -> float:
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_restart_per_stage and hasattr(schedule, "boundaries"):
+        start = stage_start(schedule, step)
+        ends = [b for b in schedule.boundaries if b > step] + [cfg.steps]
+        return cosine_lr(step - start, ends[0] - start, cfg.lr)
+    return cosine_lr(step, cfg.steps, cfg.lr, warmup=cfg.warmup)
+
+
+class Trainer:
+    """Runs one (method, seed): the student must already be quantized and calibrated."""
+
+    def __init__(self, student: TextToImage, data: DistillData, schedule, cfg: TrainConfig,
+                 checkpoint_dir: Path, log_path: Path, probe: DistillData | None = None):
+        self.student, self.data, self.schedule, self.cfg = student, data, schedule, cfg
+        self.checkpoint_dir, self.log_path, self.probe = checkpoint_dir, log_path, probe
+        self.encoder = student.encoder.requires_grad_(False)
+        params = [p for p in student.transformer.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        self.rows: list[dict] = []
+        with torch.no_grad():  # the encoder is frozen: encode the prompt set once
+            self._prompt_hidden, self._prompt_mask = self.encoder.encode(list(PROMPTS))
+
+    def loss_on(self, data: DistillData, idx: torch.Tensor) -> torch.Tensor:
+        hidden, mask = self.cond_batch(data.labels[idx])
+        pred = self.student.predict(data.x_t[idx], data.t[idx], hidden, mask)
+        loss = torch.nn.functional.mse_loss(pred, data.teacher_v[idx])
+        if self.cfg.flow_matching_weight and data.target_v is not None:
+            fm = torch.nn.functional.mse_loss(pred, data.target_v[idx])
+            loss = loss + self.cfg.flow_matching_weight * fm
+        return loss
+
+    def cond_batch(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._prompt_hidden[labels], self._prompt_mask[labels]
+
+    @torch.no_grad()
+    def probe_loss(self) -> float:
+        """Distillation loss on held-out data at the *target* bits (what deployment sees)."""
+        if self.probe is None:
+            return float("nan")
+        target = self.schedule.bits_at(self.cfg.steps - 1)
+        with weight_bits(self.student.transformer, target):
+            return self.loss_on(self.probe, torch.arange(len(self.probe))).item()
+
+    def _state(self, step: int) -> dict:
+        return {"step": step, "fingerprint": self.cfg.fingerprint, "rows": self.rows,
+                "model": self.student.transformer.state_dict(),
+                "optimizer": self.opt.state_dict()}
+
+    def _resume(self) -> int:
+        state = load_checkpoint(self.checkpoint_dir)
+        if state is None:
+            return 0
+        if state["fingerprint"] != self.cfg.fingerprint:
+            log.warning("checkpoint in %s is from another configuration: starting from step 0 "
+                        "(it is replaced at the next checkpoint)", self.checkpoint_dir)
+            return 0
+        self.student.transformer.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.rows = state["rows"]
+        log.info("resumed from %s at step %d", self.checkpoint_dir, state["step"])
+        return state["step"]
+
+    def _write_log(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.log_path.with_suffix(".tsv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, LOG_COLUMNS, delimiter="\t", lineterminator="\n")
+            w.writeheader()
+            w.writerows(self.rows)
+        tmp.replace(self.log_path)
+
+    def fit(self) -> dict:
+        cfg, tr = self.cfg, self.student.transformer
+        start = self._resume()
+        tr.train()
+        t0 = time.perf_counter()
+        bar = tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps,
+                   mininterval=2)
+        last_good = start
+        for step in bar:
+            bits = self.schedule.bits_at(step)
+            set_weight_bits(tr, bits)
+            lr = learning_rate(cfg, self.schedule, step)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            loss = self.loss_on(self.data, batch_indices(len(self.data), cfg.batch_size,
+                                                         cfg.seed, step))
+            if not math.isfinite(loss.item()):
+                raise FraqatError(f"non-finite loss ({loss.item()}) at step {step} "
+                                  f"(bits={bits}, lr={lr:.3g}); stopped, the last good "
+                                  f"checkpoint (step {last_good}) is kept in "
+                                  f"{self.checkpoint_dir}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            row = {"step": step, "loss": round(loss.item(), 7),
+                   "bits": FP_BITS if bits is None else bits, "lr": lr, "target_loss": ""}
+            if step % cfg.probe_every == 0 or step == cfg.steps - 1:
+                row["target_loss"] = round(self.probe_loss(), 7)
+            self.rows.append(row)
+            bar.set_postfix(bits=row["bits"], loss=f"{loss.item():.4f}", refresh=False)
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(self.checkpoint_dir, self._state(step + 1))
+                last_good = step + 1
+        set_weight_bits(tr, self.schedule.bits_at(cfg.steps - 1))
+        tr.eval()
+        self._write_log()
+        tail = [r["loss"] for r in self.rows[-max(1, cfg.steps // 20):]]
+        return {"final_loss": sum(tail) / len(tail),
+                "final_target_loss": self.rows[-1]["target_loss"], "steps": cfg.steps,
+                "resumed_from": start, "wall_seconds": time.perf_counter() - t0}
+
+
+def calibrate(student: TextToImage, data: DistillData, batch_size: int = 256,
+              num_batches: int = 4) -> int:
+    """Observe activation ranges on the first calibration batches, then freeze them."""
+    with torch.no_grad():
+        hidden_all, mask_all = student.encoder.encode(list(PROMPTS))
+
+    def forward(model, sl):
+        labels = data.labels[sl]
+        student.predict(data.x_t[sl], data.t[sl], hidden_all[labels], mask_all[labels])
+
+    slices = [slice(i * batch_size, (i + 1) * batch_size) for i in range(num_batches)
+              if i * batch_size < len(data)]
+    return calibrate_activations(student.transformer, slices, forward)

@@ -1,0 +1,67 @@
+"""The ``fraqat`` command: bad input gives one line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fraqat.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def one_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+@pytest.fixture
+def bad_params(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text((ROOT / "params.yaml").read_text().replace("bits: 4 ", "bits: 1 ", 1))
+    return path
+
+
+def test_validate_good_file() -> None:
+    result = runner.invoke(app, ["validate", "--params", str(ROOT / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(": ok")
+
+
+def test_validate_bad_file(bad_params: Path) -> None:
+    result = runner.invoke(app, ["validate", "--params", str(bad_params)])
+    assert result.exit_code == 2
+    line = one_line(result.stderr)
+    assert line.startswith("params.yaml: bits:") and "(allowed:" in line
+    assert result.stdout == ""
+
+
+def test_validate_missing_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", "--params", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert one_line(result.stderr).startswith("params.yaml: not found")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_bad_method(command: str) -> None:
+    result = runner.invoke(app, [command, "--method", "nope"])
+    assert result.exit_code == 2
+    line = one_line(result.stderr)
+    assert "'nope'" in line and "(allowed:" in line and "fraqat" in line
+
+
+def test_real_process_bad_params(bad_params: Path) -> None:
+    """The installed entry point as a process: exit 2, one line on stderr, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "fraqat.cli", "validate", "--params",
+                           str(bad_params)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 2
+    assert one_line(proc.stderr).startswith("params.yaml: bits:")
+    assert proc.stdout == ""
