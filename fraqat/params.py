@@ -35,6 +35,7 @@ class PretrainParams(_Strict):
     width: int = Field(64, ge=8, le=4096)
     layers: int = Field(2, ge=1, le=64)
     heads: int = Field(2, ge=1, le=64)
+    patch_size: Literal[1, 2] = 2
     steps: int = Field(3000, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(128, ge=1)
@@ -73,6 +74,7 @@ class TrainParams(_Strict):
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     lr_restart_per_stage: bool = False
     flow_matching_weight: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
     probe_every: int = Field(50, ge=1)
     probe_samples: int = Field(256, ge=1)
 

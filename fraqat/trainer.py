@@ -140,7 +140,7 @@ class Trainer:
         log.info("resumed from %s at step %d", self.checkpoint_dir, state["step"])
         return state["step"]
 
-    def _write_log(self) -> None:
+    def write_log(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.log_path.with_suffix(".tsv.tmp")
         with open(tmp, "w", newline="") as f:
@@ -184,7 +184,7 @@ class Trainer:
                 last_good = step + 1
         set_weight_bits(tr, self.schedule.bits_at(cfg.steps - 1))
         tr.eval()
-        self._write_log()
+        self.write_log()
         tail = [r["loss"] for r in self.rows[-max(1, cfg.steps // 20):]]
         return {"final_loss": sum(tail) / len(tail),
                 "final_target_loss": self.rows[-1]["target_loss"], "steps": cfg.steps,

@@ -39,7 +39,7 @@ def run(params: Params) -> None:
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
     train = load_split("train")
-    model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS)
+    model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS, p.patch_size)
     prompts = [prompt_for(y) for y in train.labels]
     opt = torch.optim.AdamW(list(model.parameters()), lr=p.lr, weight_decay=0.01)
     log.info("teacher: %d parameters, %d steps, batch %d",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,6 +20,7 @@ from fraqat.checkpoint import fingerprint
 from fraqat.flow import noisy, velocity
 from fraqat.io import load_tensors, write_json
 from fraqat.models import TextToImage, load_teacher
+from fraqat.modules import layer_report, set_weight_bits
 from fraqat.params import Params, quant_config
 from fraqat.runs import quantized_copy, save_run
 from fraqat.schedule import make_schedule
@@ -54,45 +56,46 @@ def probe_data(teacher: TextToImage, n: int, seed: int = 4321) -> DistillData:
     return DistillData(calib["x_t"], t, calib["labels"], predict_all(teacher, calib))
 
 
-def run(params: Params, method: str, seed: int) -> None:
+def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
+                  log_path: Path) -> tuple[TextToImage, dict]:
+    """Quantize the teacher, calibrate activations, run the method's schedule; no outputs."""
     torch.manual_seed(seed)
     teacher = load_teacher(paths.TEACHER)
     data = distill_data()
     schedule = build_schedule(params, method)
-    qcfg = quant_config(params)
-    student = quantized_copy(teacher, qcfg)
-    set_first = None if method == "ptq" else schedule.bits_at(0)
-    from fraqat.modules import set_weight_bits
-
-    set_weight_bits(student.transformer, params.bits if method == "ptq" else set_first)
+    student = quantized_copy(teacher, quant_config(params))
+    set_weight_bits(student.transformer, params.bits if method == "ptq" else schedule.bits_at(0))
     n_calib = calibrate(student, data)
     log.info("%s seed %d: %d quantized layers, activations calibrated on %d batches",
-             method, seed, sum(1 for _ in student.transformer.modules()
-                               if hasattr(_, "input_quantizer")), n_calib)
-    probe = probe_data(teacher, params.train.probe_samples)
+             method, seed, len(layer_report(student.transformer)), n_calib)
     t = params.train
     cfg = TrainConfig(steps=t.steps, lr=t.lr, batch_size=t.batch_size,
                       checkpoint_every=t.checkpoint_every, seed=seed,
                       lr_schedule=t.lr_schedule, lr_restart_per_stage=t.lr_restart_per_stage,
                       flow_matching_weight=t.flow_matching_weight, probe_every=t.probe_every,
+                      warmup=t.warmup_steps,
                       fingerprint=fingerprint({"params": params.model_dump(), "method": method,
                                                "seed": seed}))
-    trainer = Trainer(student, data, schedule, cfg, paths.checkpoint_dir(method, seed),
-                      paths.train_log(method, seed), probe=probe)
+    trainer = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path,
+                      probe=probe_data(teacher, t.probe_samples))
+    if method != "ptq":
+        return student, trainer.fit()
     start = time.perf_counter()
-    if method == "ptq":
-        trainer.rows = [{"step": 0, "loss": round(trainer.loss_on(
-            data, torch.arange(min(len(data), 512))).item(), 7), "bits": params.bits,
-            "lr": 0.0, "target_loss": round(trainer.probe_loss(), 7)}]
-        trainer._write_log()
-        result = {"final_loss": trainer.rows[0]["loss"],
-                  "final_target_loss": trainer.rows[0]["target_loss"], "steps": 0,
-                  "resumed_from": 0, "wall_seconds": time.perf_counter() - start}
-    else:
-        result = trainer.fit()
+    loss = trainer.loss_on(data, torch.arange(min(len(data), 512))).item()
+    trainer.rows = [{"step": 0, "loss": round(loss, 7), "bits": params.bits, "lr": 0.0,
+                     "target_loss": round(trainer.probe_loss(), 7)}]
+    trainer.write_log()
+    return student, {"final_loss": trainer.rows[0]["loss"],
+                     "final_target_loss": trainer.rows[0]["target_loss"], "steps": 0,
+                     "resumed_from": 0, "wall_seconds": time.perf_counter() - start}
+
+
+def run(params: Params, method: str, seed: int) -> None:
+    student, result = train_student(params, method, seed, paths.checkpoint_dir(method, seed),
+                                    paths.train_log(method, seed))
     meta = {"method": method, "seed": seed, "weight_bits": params.bits,
             "act_bits": params.act_bits, **result}
-    save_run(paths.run_dir(method, seed), student, qcfg, meta)
+    save_run(paths.run_dir(method, seed), student, quant_config(params), meta)
     write_json(paths.train_metrics(method, seed), meta)
     ckpt = paths.checkpoint_dir(method, seed) / "checkpoint.pt"
     ckpt.unlink(missing_ok=True)  # the finished run now lives in data/runs
