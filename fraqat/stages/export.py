@@ -1,0 +1,94 @@
+"""Stage ``export``: the trained W4A8 transformer as ONNX QDQ + AIMET encodings for Qualcomm HTP.
+
+Reads the run ``export.method`` / ``seeds[0]`` and writes ``data/export/`` (``model.onnx``,
+``model.encodings``, ``manifest.json``) as one atomic directory, and ``reports/export.json``.
+The export is verified before it is kept: onnxruntime against the PyTorch fake-quant forward
+on ``export.num_check_samples`` calibration inputs, weight codes compared exactly (see
+:class:`fraqat.htp_export.Tolerance`). A failed check raises one line and leaves no export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+from fraqat import htp_export, paths
+from fraqat.data import prompt_for
+from fraqat.errors import FraqatError
+from fraqat.io import atomic_path, read_json, write_json
+from fraqat.models import TextToImage
+from fraqat.params import Params
+from fraqat.runs import load_run
+from fraqat.stages.teacher import load_calibration
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_BATCH = 2  # traced batch; the exported batch dimension is dynamic
+
+
+@torch.no_grad()
+def transformer_inputs(model: TextToImage, calib: dict[str, torch.Tensor],
+                       n: int) -> dict[str, torch.Tensor]:
+    """The first ``n`` calibration samples as the transformer's forward kwargs (t -> 1000 t)."""
+    if n > len(calib["t"]):
+        raise FraqatError(f"export.num_check_samples={n} exceeds the {len(calib['t'])} "
+                          "calibration samples (allowed: 1 to the calibration set size)")
+    hidden, mask = model.encode([prompt_for(y) for y in calib["labels"][:n]])
+    return {"hidden_states": calib["x_t"][:n], "encoder_hidden_states": hidden.detach(),
+            "timestep": calib["t"][:n] * 1000.0, "encoder_attention_mask": mask}
+
+
+def manifest(params: Params, run_info: dict, result: htp_export.ExportResult,
+             sizes: dict, onnx_bytes: int, inputs: dict[str, torch.Tensor]) -> dict:
+    cfg = run_info.get("config", {})
+    containers = Counter(result.lowered.weight_dtypes.values())
+    return {"model": params.model, "method": params.export.method, "seed": params.seeds[0],
+            "bits": cfg.get("weight_bits"), "act_bits": cfg.get("act_bits"),
+            "granularity": cfg.get("granularity"), "opset": params.export.opset,
+            "weight_dtype": params.export.weight_dtype, "weight_containers": dict(containers),
+            "num_quantized_layers": len(set(result.weights) | set(result.acts)),
+            "num_weight_quantized": len(result.weights),
+            "num_activation_quantized": len(result.acts),
+            "encodings_version": htp_export.AIMET_VERSION,
+            "inputs": {k: ["batch", *v.shape[1:]] for k, v in inputs.items()},
+            "output": htp_export.OUTPUT_NAME, "onnx_bytes": onnx_bytes, **sizes,
+            "files": ["model.onnx", "model.encodings", "manifest.json"]}
+
+
+def run(params: Params) -> None:
+    e = params.export
+    run_dir = paths.run_dir(e.method, params.seeds[0])
+    model = load_run(run_dir, paths.TEACHER)
+    inputs = transformer_inputs(model, load_calibration(), e.num_check_samples)
+    example = {k: v[:EXAMPLE_BATCH] for k, v in inputs.items()}
+    start = time.perf_counter()
+    with atomic_path(paths.EXPORT) as out:
+        out.mkdir()
+        result = htp_export.export_transformer(model.transformer, example, e.opset,
+                                               e.weight_dtype)
+        report = htp_export.verify(result, model.transformer, inputs)
+        if report["failures"]:
+            raise FraqatError(f"export of {run_dir} failed its checks: "
+                              + "; ".join(report["failures"]))
+        onnx.save(result.model, out / "model.onnx")
+        (out / "model.encodings").write_text(json.dumps(result.encodings, indent=2) + "\n")
+        sizes = htp_export.size_report(model.transformer, result.weights)
+        info = manifest(params, read_json(Path(run_dir) / "quant.json"), result, sizes,
+                        (out / "model.onnx").stat().st_size, inputs)
+        write_json(out / "manifest.json", info)
+    report.update(run=str(run_dir), num_check_samples=e.num_check_samples, sizes=sizes,
+                  onnx_bytes=info["onnx_bytes"], onnxruntime=onnxruntime.__version__,
+                  seconds=time.perf_counter() - start, passed=True)
+    write_json(paths.EXPORT_REPORT, report)
+    log.info("export: %d quantized layers, max abs error %.3g (tol %.3g), %d weight-code "
+             "mismatches, %d -> %d bytes -> %s", info["num_quantized_layers"],
+             report["output"]["max_abs_error"], report["output"]["max_abs_tolerance"],
+             report["weights"]["code_mismatches"], sizes["fp32_bytes"],
+             sizes["packed_bytes"], paths.EXPORT)
