@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from fraqat import distributed
 from fraqat.checkpoint import load_checkpoint, save_checkpoint
 from fraqat.data import PROMPTS
 from fraqat.errors import FraqatError
@@ -118,12 +120,16 @@ class Trainer:
         if self.probe is None:
             return float("nan")
         target = self.schedule.bits_at(self.cfg.steps - 1)
-        with weight_bits(self.student.transformer, target):
+        with weight_bits(self._module(), target):
             return self.loss_on(self.probe, torch.arange(len(self.probe))).item()
+
+    def _module(self) -> torch.nn.Module:
+        tr = self.student.transformer
+        return tr.module if isinstance(tr, DistributedDataParallel) else tr
 
     def _state(self, step: int) -> dict:
         return {"step": step, "fingerprint": self.cfg.fingerprint, "rows": self.rows,
-                "model": self.student.transformer.state_dict(),
+                "model": self._module().state_dict(),
                 "optimizer": self.opt.state_dict()}
 
     def _resume(self) -> int:
@@ -153,9 +159,11 @@ class Trainer:
         cfg, tr = self.cfg, self.student.transformer
         start = self._resume()
         tr.train()
+        if distributed.world_size() > 1:  # same init on every rank; DDP averages gradients
+            self.student.transformer = DistributedDataParallel(tr)
         t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps,
-                   mininterval=2)
+                   mininterval=2, disable=not distributed.is_main())
         last_good = start
         for step in bar:
             bits = self.schedule.bits_at(step)
@@ -163,8 +171,8 @@ class Trainer:
             lr = learning_rate(cfg, self.schedule, step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            loss = self.loss_on(self.data, batch_indices(len(self.data), cfg.batch_size,
-                                                         cfg.seed, step))
+            idx = distributed.shard(batch_indices(len(self.data), cfg.batch_size, cfg.seed, step))
+            loss = self.loss_on(self.data, idx)
             if not math.isfinite(loss.item()):
                 raise FraqatError(f"non-finite loss ({loss.item()}) at step {step} "
                                   f"(bits={bits}, lr={lr:.3g}); stopped, the last good "
@@ -173,6 +181,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            loss = distributed.mean_across_ranks(loss)
             row = {"step": step, "loss": round(loss.item(), 7),
                    "bits": FP_BITS if bits is None else bits, "lr": lr, "target_loss": ""}
             if step % cfg.probe_every == 0 or step == cfg.steps - 1:
@@ -180,11 +189,15 @@ class Trainer:
             self.rows.append(row)
             bar.set_postfix(bits=row["bits"], loss=f"{loss.item():.4f}", refresh=False)
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                save_checkpoint(self.checkpoint_dir, self._state(step + 1))
+                if distributed.is_main():
+                    save_checkpoint(self.checkpoint_dir, self._state(step + 1))
+                distributed.barrier()
                 last_good = step + 1
+        self.student.transformer = tr  # unwrap DDP
         set_weight_bits(tr, self.schedule.bits_at(cfg.steps - 1))
         tr.eval()
-        self.write_log()
+        if distributed.is_main():
+            self.write_log()
         tail = [r["loss"] for r in self.rows[-max(1, cfg.steps // 20):]]
         return {"final_loss": sum(tail) / len(tail),
                 "final_target_loss": self.rows[-1]["target_loss"], "steps": cfg.steps,

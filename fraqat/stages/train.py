@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fraqat import paths
+from fraqat import distributed, paths
 from fraqat.checkpoint import fingerprint
 from fraqat.flow import noisy, velocity
 from fraqat.io import load_tensors, write_json
@@ -91,8 +91,12 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
 
 
 def run(params: Params, method: str, seed: int) -> None:
+    distributed.init_from_env()  # under torchrun: data-parallel over the ranks
     student, result = train_student(params, method, seed, paths.checkpoint_dir(method, seed),
                                     paths.train_log(method, seed))
+    if not distributed.is_main():
+        return
+    result["world_size"] = distributed.world_size()
     meta = {"method": method, "seed": seed, "weight_bits": params.bits,
             "act_bits": params.act_bits, **result}
     save_run(paths.run_dir(method, seed), student, quant_config(params), meta)

@@ -1,0 +1,61 @@
+"""Data-parallel training through PyTorch's own engine (torchrun + DistributedDataParallel).
+
+``fraqat train`` under ``torchrun --nproc-per-node N`` splits every step's global batch into N
+equal slices; DDP averages the gradients, so the update equals the one-process update for the
+same global batch (up to floating-point reduction order). Rank 0 alone writes checkpoints,
+logs and outputs. NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); no-op otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def shard(indices: torch.Tensor) -> torch.Tensor:
+    """This rank's equal slice of a global batch (the batch size must divide evenly)."""
+    n = world_size()
+    if len(indices) % n:
+        raise ValueError(f"batch_size={len(indices)} is not divisible by the world size {n} "
+                         "(allowed: a multiple of --nproc-per-node)")
+    per = len(indices) // n
+    return indices[rank() * per : (rank() + 1) * per]
+
+
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    if world_size() == 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.AVG if dist.get_backend() == "nccl"
+                    else dist.ReduceOp.SUM)
+    return value if dist.get_backend() == "nccl" else value / world_size()
