@@ -1,0 +1,189 @@
+"""Stage ``evaluate``: sample fixed prompts and noise, score against real digits and the teacher.
+
+Every model gets the same ``eval.num_images`` prompts (cycling over the 10 digits), the same
+seeded noise and the same Euler sampler, so the per-sample difference to the FP samples
+(teacher MSE/PSNR) is the quantization error alone. FID and prompt accuracy saturate at the
+teacher's level on 8x8 digits (science-notes), so the sensitive metric is the held-out
+distillation loss: velocity MSE to the teacher on a fixed seeded set of noised held-out images.
+
+Image metrics use the samples clipped to [-1, 1]; the samples file keeps them unclipped, with
+the per-item held-out squared errors so that ``fraqat report`` can bootstrap over items.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm import tqdm
+
+from fraqat import paths
+from fraqat.classifier import load_classifier, predict, single_thread
+from fraqat.data import ImageSet, prompt_for
+from fraqat.errors import FraqatError
+from fraqat.fid import Stats, feature_fn, frechet
+from fraqat.flow import noisy
+from fraqat.io import load_tensors, read_json, save_tensors, write_json
+from fraqat.models import TextToImage, load_teacher
+from fraqat.modules import quant_layers
+from fraqat.params import EvalParams, Params
+from fraqat.runs import load_run
+from fraqat.sampling import sample, seeded_noise
+from fraqat.stages.pretrain import load_split
+
+log = logging.getLogger(__name__)
+
+NOISE_REPORT = paths.EVAL_REPORTS / "noise.json"
+HELDOUT_REPEATS = 4   # each held-out image at 4 seeded (noise, t) draws: 1440 items by default
+PIXEL_RANGE = 2.0     # images live in [-1, 1]: PSNR peak-to-peak
+
+
+def eval_prompts(n: int) -> tuple[list[str], torch.Tensor]:
+    labels = torch.arange(n) % 10
+    return [prompt_for(int(y)) for y in labels], labels
+
+
+def load_model(method: str, seed: int) -> tuple[TextToImage, float | None, float | None]:
+    """The model to evaluate and its (weight, activation) bits; ``None`` for full precision."""
+    if method == "fp":
+        return load_teacher(paths.TEACHER), None, None
+    folder = paths.run_dir(method, seed)
+    try:
+        model = load_run(folder, paths.TEACHER)
+    except RuntimeError as exc:  # load_state_dict: shapes/keys of another teacher
+        raise FraqatError(f"the run at {folder} does not fit the teacher at {paths.TEACHER} "
+                          f"(trained on another teacher? retrain it) [{exc.__class__.__name__}]"
+                          ) from None
+    config = read_json(folder / "quant.json")["config"]
+    return model, config["weight_bits"], config["act_bits"]
+
+
+def model_size_mb(model: TextToImage) -> float:
+    """Packed transformer size: bits x numel for quantized weights, fp32 for everything else
+    (biases, norms, embeddings, activation scales). The prompt encoder is not counted."""
+    layers = quant_layers(model.transformer)
+    bits_of = {id(layer.weight): layer.effective_bits for _, layer in layers}
+    total = sum(p.numel() * (bits_of.get(id(p)) or 32.0) for p in model.transformer.parameters())
+    return total / 8 / 1e6
+
+
+@torch.no_grad()
+def heldout_sq_errors(model: TextToImage, teacher: TextToImage, heldout: ImageSet, seed: int,
+                      batch_size: int = 512) -> torch.Tensor:
+    """Per-item velocity MSE to the teacher at x_t of held-out images, t ~ U(0, 1) (seeded)."""
+    x0 = heldout.images.repeat(HELDOUT_REPEATS, 1, 1, 1)
+    if model is teacher:
+        return torch.zeros(len(x0))
+    g = torch.Generator().manual_seed(seed + 1)  # a stream apart from the sampling noise
+    labels = heldout.labels.repeat(HELDOUT_REPEATS)
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.rand(len(x0), generator=g)
+    x_t = noisy(x0, noise, t)
+    out = []
+    for i in range(0, len(x0), batch_size):
+        sl = slice(i, i + batch_size)
+        prompts = [prompt_for(int(y)) for y in labels[sl]]
+        v_model = model.predict(x_t[sl], t[sl], *model.encode(prompts))
+        v_teacher = teacher.predict(x_t[sl], t[sl], *teacher.encode(prompts))
+        out.append((v_model - v_teacher).pow(2).flatten(1).mean(1))
+    return torch.cat(out)
+
+
+def generate(model: TextToImage, prompts: list[str], noise: torch.Tensor, e: EvalParams,
+             desc: str) -> torch.Tensor:
+    batches = range(0, len(prompts), e.batch_size)
+    return torch.cat([sample(model, prompts[i : i + e.batch_size], noise[i : i + e.batch_size],
+                             e.steps, e.batch_size)
+                      for i in tqdm(batches, desc=desc, unit="batch")])
+
+
+def fidelity(images: torch.Tensor, reference: torch.Tensor) -> tuple[float, float | None]:
+    """MSE and PSNR (dB, peak-to-peak 2) of clipped images; PSNR is null when identical."""
+    mse = float((images - reference).pow(2).mean())
+    return mse, (10 * math.log10(PIXEL_RANGE**2 / mse) if mse > 0 else None)
+
+
+def load_fp_reference(e: EvalParams) -> torch.Tensor:
+    """Clipped fp samples of the same prompts/noise, checked to match this evaluation."""
+    path = paths.samples_path("fp", 0)
+    hint = "run `fraqat evaluate --method fp --seed 0` first"
+    if not path.exists():
+        raise FraqatError(f"no fp samples at {path} ({hint})")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    want = sample_meta("fp", 0, e)
+    for key in ("num_images", "steps", "eval_seed"):
+        if meta.get(key) != want[key]:
+            raise FraqatError(f"fp samples at {path} were made with {key}={meta.get(key)}, this "
+                              f"evaluation uses {want[key]} ({hint})")
+    return load_tensors(path)["samples"].clamp(-1, 1)
+
+
+def sample_meta(method: str, seed: int, e: EvalParams) -> dict[str, str]:
+    return {"method": method, "seed": str(seed), "num_images": str(e.num_images),
+            "steps": str(e.steps), "eval_seed": str(e.seed)}
+
+
+def run(params: Params, method: str, seed: int) -> None:
+    with single_thread():  # a 0.2 M-parameter model: see single_thread's measurements
+        _run(params, method, seed)
+
+
+def _run(params: Params, method: str, seed: int) -> None:
+    e = params.eval
+    start = time.perf_counter()
+    reference_fp = None if method == "fp" and seed == 0 else load_fp_reference(e)  # fail early
+    model, weight_bits, act_bits = load_model(method, seed)
+    teacher = model if method == "fp" else load_teacher(paths.TEACHER)
+    heldout = load_split("heldout")
+    features = feature_fn(e.feature_space, paths.CLASSIFIER, e.inception_path)
+    classifier = load_classifier(paths.CLASSIFIER)
+    real_stats = Stats.of(features(heldout.images))
+
+    prompts, labels = eval_prompts(e.num_images)
+    noise = seeded_noise(e.num_images, model.sample_shape, e.seed)
+    samples = generate(model, prompts, noise, e, desc=f"sample {paths.run_name(method, seed)}")
+    images = samples.clamp(-1, 1)
+    if reference_fp is None:
+        reference_fp = images
+    sq_err = heldout_sq_errors(model, teacher, heldout, e.seed)
+    mse, psnr = fidelity(images, reference_fp)
+
+    def scores(x: torch.Tensor) -> dict:
+        return {"fid": frechet(Stats.of(features(x)), real_stats),
+                "prompt_accuracy": float((predict(classifier, x) == labels).float().mean())}
+
+    metrics = {"method": method, "seed": seed, "weight_bits": weight_bits, "act_bits": act_bits,
+               **scores(images), "feature_space": e.feature_space, "teacher_mse": mse,
+               "teacher_psnr": psnr, "heldout_distill_loss": float(sq_err.mean()),
+               "model_size_mb": model_size_mb(model), "num_images": e.num_images,
+               "eval_steps": e.steps, "seconds": time.perf_counter() - start}
+    noise_row = noise_metrics(noise.clamp(-1, 1), reference_fp, scores, e) if method == "fp" \
+        else None  # computed before anything is written: all outputs or none
+    save_tensors(paths.samples_path(method, seed),
+                 {"samples": samples, "labels": labels, "heldout_sq_err": sq_err},
+                 metadata=sample_meta(method, seed, e))
+    write_json(paths.eval_metrics(method, seed), metrics)
+    log.info("%s: FID %.3f (%s), prompt acc %.3f, teacher MSE %.5f, held-out loss %.6f, "
+             "%.3f MB", paths.run_name(method, seed), metrics["fid"], e.feature_space,
+             metrics["prompt_accuracy"], mse, metrics["heldout_distill_loss"],
+             metrics["model_size_mb"])
+    if noise_row is not None:
+        write_json(NOISE_REPORT, noise_row)
+        log.info("noise sanity row: FID %.3f, prompt acc %.3f", noise_row["fid"],
+                 noise_row["prompt_accuracy"])
+
+
+def noise_metrics(noise: torch.Tensor, reference_fp: torch.Tensor,
+                  scores: Callable[[torch.Tensor], dict], e: EvalParams) -> dict:
+    """The untrained-noise sanity row: the same seeded noise, clipped, scored like a model."""
+    mse, psnr = fidelity(noise, reference_fp)
+    return {"method": "noise", "seed": None, "weight_bits": None, "act_bits": None,
+            **scores(noise), "feature_space": e.feature_space, "teacher_mse": mse,
+            "teacher_psnr": psnr, "heldout_distill_loss": None, "model_size_mb": None,
+            "num_images": e.num_images, "eval_steps": None}

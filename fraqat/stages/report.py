@@ -1,0 +1,467 @@
+"""Stage ``report``: the comparison table, the fraqat-vs-qat tests, the claim check and plots.
+
+Reads ``reports/eval/*.json`` (+ ``noise.json``), ``reports/train/*.{json,tsv}`` and the samples
+files for the methods and seeds in params; writes ``reports/comparison.{md,csv}``,
+``reports/metrics.json`` (flat keys such as ``fid.fraqat`` for ``dvc exp show``) and
+``reports/plots/{fid,training,samples}.png``. Missing runs are listed, not fatal, so a partial
+matrix still reports; no evaluation result at all is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from fraqat import paths  # noqa: E402
+from fraqat.errors import FraqatError  # noqa: E402
+from fraqat.io import atomic_path, load_tensors, read_json, write_json  # noqa: E402
+from fraqat.params import METHODS, Params  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+NOISE = "noise"
+BASELINE, CANDIDATE = "qat", "fraqat"
+CLAIM_RANGE = (4.0, 7.0)  # paper: FraQAT's FID 4-7 % lower than standard QAT at W4A8
+BOOTSTRAP_RESAMPLES = 2000
+SAMPLE_COLUMNS = 20
+CSV_COLUMNS = ["method", "bits", "n_seeds", "fid_mean", "fid_std", "fid_delta_pct_vs_qat",
+               "prompt_accuracy", "teacher_psnr_db", "teacher_mse_mean", "teacher_mse_std",
+               "heldout_loss_mean", "heldout_loss_std", "model_size_mb", "train_wall_s"]
+TESTED = {"heldout_distill_loss": "held-out distillation loss", "teacher_mse": "teacher MSE",
+          "fid": "FID"}
+
+
+# ----------------------------------------------------------------------------- loading
+
+def report_methods(params: Params) -> list[str]:
+    return ["fp", *params.methods]
+
+
+def load_eval_rows(params: Params) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (method, seed) evaluation JSON, plus the noise row; and what is missing."""
+    rows, missing = [], []
+    for method in report_methods(params):
+        seeds = (sorted(_seeds_on_disk(method)) or [0]) if method == "fp" else params.seeds
+        for seed in seeds:
+            path = paths.eval_metrics(method, seed)
+            if path.exists():
+                rows.append(read_json(path))
+            else:
+                missing.append(paths.run_name(method, seed))
+    noise = paths.EVAL_REPORTS / f"{NOISE}.json"
+    if noise.exists():
+        rows.append(read_json(noise))
+    if not rows:
+        raise FraqatError(f"no evaluation results in {paths.EVAL_REPORTS} "
+                          "(run `fraqat evaluate --method fp --seed 0` and the other evaluations)")
+    return pd.DataFrame(rows), missing
+
+
+def _seeds_on_disk(method: str) -> list[int]:
+    out = []
+    for p in paths.EVAL_REPORTS.glob(f"{method}-s*.json"):
+        suffix = p.stem.removeprefix(f"{method}-s")
+        if suffix.isdigit():
+            out.append(int(suffix))
+    return out
+
+
+def load_train(params: Params) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
+    """Train summaries (method, seed, final_loss, steps, wall_seconds) and the per-step logs."""
+    summaries, logs = [], {}
+    for method in params.methods:
+        for seed in params.seeds:
+            if paths.train_metrics(method, seed).exists():
+                summaries.append(read_json(paths.train_metrics(method, seed)))
+            if paths.train_log(method, seed).exists():
+                logs[(method, seed)] = pd.read_csv(paths.train_log(method, seed), sep="\t")
+    cols = ["method", "seed", "final_loss", "steps", "wall_seconds"]
+    return pd.DataFrame(summaries, columns=cols) if summaries else pd.DataFrame(columns=cols), logs
+
+
+# ----------------------------------------------------------------------------- the table
+
+def bits_label(weight_bits: float | None, act_bits: float | None, method: str) -> str:
+    if method == NOISE:
+        return "-"
+    if weight_bits is None or _isnan(weight_bits):
+        return "FP32"
+    act = "" if act_bits is None or _isnan(act_bits) else f"A{act_bits:g}"
+    return f"W{weight_bits:g}{act}"
+
+
+def _isnan(x: object) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _std(s: pd.Series) -> float:
+    s = pd.to_numeric(s, errors="coerce").dropna()
+    return float(s.std(ddof=1)) if len(s) >= 2 else float("nan")
+
+
+def _mean(s: pd.Series) -> float:
+    s = pd.to_numeric(s, errors="coerce").dropna()
+    return float(s.mean()) if len(s) else float("nan")
+
+
+def comparison_table(evals: pd.DataFrame, train: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Aggregate over seeds: one row per method in ``order`` (then noise), CSV_COLUMNS."""
+    rows = []
+    for method in [*order, NOISE]:
+        ev = evals[evals["method"] == method]
+        if ev.empty:
+            continue
+        tr = train[train["method"] == method] if not train.empty else train
+        first = ev.iloc[0]
+        rows.append({
+            "method": method,
+            "bits": bits_label(first.get("weight_bits"), first.get("act_bits"), method),
+            "n_seeds": len(ev),
+            "fid_mean": _mean(ev["fid"]), "fid_std": _std(ev["fid"]),
+            "prompt_accuracy": _mean(ev["prompt_accuracy"]),
+            "teacher_psnr_db": _mean(ev["teacher_psnr"]),
+            "teacher_mse_mean": _mean(ev["teacher_mse"]),
+            "teacher_mse_std": _std(ev["teacher_mse"]),
+            "heldout_loss_mean": _mean(ev["heldout_distill_loss"]),
+            "heldout_loss_std": _std(ev["heldout_distill_loss"]),
+            "model_size_mb": _mean(ev["model_size_mb"]),
+            "train_wall_s": _mean(tr["wall_seconds"]) if len(tr) else float("nan")})
+    table = pd.DataFrame(rows)
+    base = table.loc[table["method"] == BASELINE, "fid_mean"]
+    ref = float(base.iloc[0]) if len(base) else float("nan")
+    table["fid_delta_pct_vs_qat"] = 100.0 * (table["fid_mean"] - ref) / ref
+    return table[CSV_COLUMNS]
+
+
+def _fmt(x: float, digits: int = 3, std: float | None = None) -> str:
+    if _isnan(x):
+        return "-"
+    s = f"{x:.{digits}g}" if abs(x) < 1e-2 and x != 0 else f"{x:.{digits}f}"
+    if std is not None and not _isnan(std):
+        s += f" ± {std:.2g}" if abs(std) < 1e-2 and std != 0 else f" ± {std:.{digits}f}"
+    return s
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    head = ["method", "W/A bits", "FID (mean ± std)", "Δ% FID vs qat", "prompt acc.",
+            "teacher PSNR dB / MSE", "held-out distill loss", "size MB", "train wall s", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.itertuples(index=False):
+        delta = "-" if _isnan(r.fid_delta_pct_vs_qat) else f"{r.fid_delta_pct_vs_qat:+.1f}%"
+        fidelity = f"{_fmt(r.teacher_psnr_db, 1)} / {_fmt(r.teacher_mse_mean, 3)}"
+        cells = [r.method, r.bits, _fmt(r.fid_mean, 2, r.fid_std), delta,
+                 _fmt(r.prompt_accuracy, 3), fidelity,
+                 _fmt(r.heldout_loss_mean, 3, r.heldout_loss_std), _fmt(r.model_size_mb, 3),
+                 _fmt(r.train_wall_s, 1), str(r.n_seeds)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def per_item_values(method: str, seed: int, metric: str) -> np.ndarray | None:
+    """Per-item values behind a metric, from the samples files (None if unavailable)."""
+    path = paths.samples_path(method, seed)
+    if not path.exists():
+        return None
+    t = load_tensors(path)
+    if metric == "heldout_distill_loss":
+        return t["heldout_sq_err"].double().numpy()
+    if metric == "teacher_mse":
+        fp = paths.samples_path("fp", 0)
+        if not fp.exists():
+            return None
+        ref = load_tensors(fp)["samples"].clamp(-1, 1)
+        err = (t["samples"].clamp(-1, 1) - ref).pow(2).flatten(1).mean(1)
+        return err.double().numpy()
+    return None
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0) -> dict:
+    """Hierarchical paired bootstrap of mean(a) - mean(b); a, b: (seeds, items), paired.
+
+    Resamples seeds with replacement, then items within each seed (the same indices for
+    both methods, since they share prompts, noise and held-out points). Returns the observed
+    difference, a 95 % percentile interval and a two-sided bootstrap p-value.
+    """
+    rng = np.random.default_rng(seed)
+    diff = a - b  # paired per item
+    k, n = diff.shape
+    seed_idx = rng.integers(0, k, size=(resamples, k))
+    item_idx = rng.integers(0, n, size=(resamples, k, n))
+    boots = diff[seed_idx[:, :, None], item_idx].mean(axis=(1, 2))
+    p = 2 * min((boots <= 0).mean(), (boots >= 0).mean())
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "p": float(min(1.0, p)), "resamples": resamples, "seeds": k, "items": n}
+
+
+def compare(evals: pd.DataFrame, metric: str) -> dict | None:
+    """fraqat vs qat on ``metric``: means, Δ%, paired t-test over seeds, bootstrap."""
+    pivot = evals[evals["method"].isin([BASELINE, CANDIDATE])].pivot_table(
+        index="seed", columns="method", values=metric, aggfunc="first")
+    if BASELINE not in pivot or CANDIDATE not in pivot:
+        return None
+    pivot = pivot.dropna()
+    if pivot.empty:
+        return None
+    seeds = [int(s) for s in pivot.index]
+    qat, fra = pivot[BASELINE].to_numpy(float), pivot[CANDIDATE].to_numpy(float)
+    out = {"metric": metric, "seeds": seeds, "qat": float(qat.mean()),
+           "fraqat": float(fra.mean()),
+           "delta_pct": 100.0 * (fra.mean() - qat.mean()) / qat.mean() if qat.mean() else None,
+           "ttest_t": None, "ttest_p": None, "bootstrap": None}
+    if len(seeds) >= 2 and not np.allclose(fra - qat, (fra - qat)[0]):
+        res = stats.ttest_rel(fra, qat)
+        out["ttest_t"], out["ttest_p"] = float(res.statistic), float(res.pvalue)
+    items = [(per_item_values(CANDIDATE, s, metric), per_item_values(BASELINE, s, metric))
+             for s in seeds]
+    if all(f is not None and q is not None and len(f) == len(q) for f, q in items) and \
+            len({len(f) for f, _ in items}) == 1:
+        out["bootstrap"] = paired_bootstrap(np.stack([f for f, _ in items]),
+                                            np.stack([q for _, q in items]))
+    return out
+
+
+def _p(p: float, resamples: int, eq: bool = False) -> str:
+    """A bootstrap p-value; 0 means below the resolution 1/resamples."""
+    if p == 0:
+        return f"< {1 / resamples:.1g}"
+    return f"{'= ' if eq else ''}{p:.3g}"
+
+
+def tests_markdown(results: list[dict]) -> str:
+    lines = ["| metric | qat | fraqat | Δ% (fraqat vs qat) | paired t-test over seeds | "
+             "bootstrap 95% CI of fraqat − qat | bootstrap p |", "|" + "---|" * 7]
+    for r in results:
+        t = (f"t={r['ttest_t']:.2f}, p={r['ttest_p']:.3g} (n={len(r['seeds'])})"
+             if r["ttest_p"] is not None else f"n/a (n={len(r['seeds'])} seed(s); needs ≥ 2)")
+        b = r["bootstrap"]
+        ci = f"[{b['ci_low']:.3g}, {b['ci_high']:.3g}]" if b else "n/a (no per-item data)"
+        bp = _p(b["p"], b["resamples"]) if b else "-"
+        delta = "-" if r["delta_pct"] is None else f"{r['delta_pct']:+.1f}%"
+        lines.append(f"| {TESTED[r['metric']]} | {_fmt(r['qat'], 4)} | {_fmt(r['fraqat'], 4)} "
+                     f"| {delta} | {t} | {ci} | {bp} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the claim
+
+def claim_verdict(fid_delta_pct: float | None) -> tuple[bool | None, str]:
+    """Reproduced when FraQAT's mean FID is at least 4 % below QAT's (the claim's low end)."""
+    lo, hi = CLAIM_RANGE
+    if fid_delta_pct is None or _isnan(fid_delta_pct):
+        return None, "**Verdict: cannot be tested** (no FID for both qat and fraqat)."
+    d = fid_delta_pct
+    if d <= -lo:
+        extent = "within the claimed range" if d >= -hi else "more than claimed"
+        return True, (f"**Verdict: REPRODUCED** — FraQAT's FID is {-d:.1f}% lower than QAT's "
+                      f"({extent}).")
+    if d < 0:
+        return False, (f"**Verdict: NOT REPRODUCED** — FraQAT's FID is lower, but only by "
+                       f"{-d:.1f}%, less than the claimed {lo:g}%.")
+    return False, (f"**Verdict: NOT REPRODUCED** — FraQAT's FID is {d:.1f}% higher than "
+                   "QAT's.")
+
+
+def claim_paragraph(params: Params, table: pd.DataFrame, results: dict[str, dict],
+                    feature_space: str, num_images: int) -> tuple[bool | None, str]:
+    by = table.set_index("method")
+    setting = f"W{params.bits:g}A{params.act_bits:g}"
+    lines = ["The paper (FraQAT, arXiv 2510.14823) claims that at W4A8 FraQAT reaches an FID "
+             f"{CLAIM_RANGE[0]:g}–{CLAIM_RANGE[1]:g}% lower than standard QAT."]
+    fid = results.get("fid")
+    delta = fid["delta_pct"] if fid else None
+    if fid:
+        q, f = by.loc[BASELINE], by.loc[CANDIDATE]
+        lines.append(f"Measured here ({setting}, {len(fid['seeds'])} seed(s), {num_images} "
+                     f"samples, {feature_space} features): FID fraqat "
+                     f"{_fmt(f.fid_mean, 2, f.fid_std)} vs qat {_fmt(q.fid_mean, 2, q.fid_std)}, "
+                     f"Δ = {delta:+.1f}%.")
+        spread = np.nanmax([f.fid_std, q.fid_std, 0.0])
+        if spread > 0 and abs(f.fid_mean - q.fid_mean) < spread:
+            lines.append("The FID difference is smaller than the seed-to-seed spread.")
+    reproduced, verdict = claim_verdict(delta)
+    lines.append(verdict)
+    if (params.bits, params.act_bits) != (4.0, 8.0):
+        lines.append(f"Note: the claim is stated at W4A8; this run is at {setting}, so it tests "
+                     "the claim's direction, not its size.")
+    for metric in ("heldout_distill_loss", "teacher_mse"):
+        r = results.get(metric)
+        if not r or r["delta_pct"] is None:
+            continue
+        better = r["fraqat"] < r["qat"]
+        sig = []
+        if r["ttest_p"] is not None:
+            sig.append(f"paired t-test p={r['ttest_p']:.3g}")
+        if r["bootstrap"]:
+            b = r["bootstrap"]
+            sig.append(f"bootstrap p {_p(b['p'], b['resamples'], eq=True)}")
+        lines.append(f"On the sensitive {TESTED[metric]} FraQAT is {abs(r['delta_pct']):.1f}% "
+                     f"{'lower' if better else 'higher'} than QAT"
+                     f"{' (' + ', '.join(sig) + ')' if sig else ''}: "
+                     f"{'the claimed direction' if better else 'against the claimed direction'}.")
+    return reproduced, " ".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_fid(table: pd.DataFrame, path: Path) -> None:
+    models = table[table["method"] != NOISE]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(models["method"], models["fid_mean"], yerr=models["fid_std"].fillna(0), capsize=4,
+           color="tab:blue")
+    ax.set_ylabel("FID (to held-out real digits)")
+    noise = table.loc[table["method"] == NOISE, "fid_mean"]
+    title = "FID per method (mean ± std over seeds)"
+    if len(noise):
+        title += f"; noise: {float(noise.iloc[0]):.1f}"
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def plot_training(logs: dict[tuple[str, int], pd.DataFrame], path: Path) -> None:
+    fig, (ax_loss, ax_bits) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    for (method, seed), df in sorted(logs.items()):
+        color = colors.get(method, "k")
+        label = method if seed == min(s for m, s in logs if m == method) else None
+        style = ["-", "--", ":", "-."][seed % 4]
+        if "loss" in df:
+            ax_loss.plot(df["step"], df["loss"], style, color=color, label=label, lw=1)
+        if "bits" in df:
+            ax_bits.plot(df["step"], df["bits"], style, color=color, label=label, lw=1)
+    ax_loss.set_ylabel("distillation loss")
+    if logs:
+        ax_loss.set_yscale("log")
+        ax_loss.legend(fontsize=8)
+    else:
+        ax_loss.text(0.5, 0.5, "no training logs", ha="center", transform=ax_loss.transAxes)
+    ax_bits.set_ylabel("weight bits")
+    ax_bits.set_xlabel("step")
+    ax_loss.set_title("training (line style = seed)", fontsize=9)
+    _save(fig, path)
+
+
+def eval_noise(params: Params) -> torch.Tensor:
+    """The evaluation's starting noise: the same draw as ``fraqat.sampling.seeded_noise``
+    (repeated here so the report does not import diffusers for it)."""
+    g = torch.Generator().manual_seed(params.eval.seed)
+    return torch.randn(params.eval.num_images, 1, 8, 8, generator=g)
+
+
+def plot_samples(params: Params, path: Path, pad: int = 1) -> None:
+    """One row per method (its first seed), the same prompts and noise in every column;
+    drawn as a single mosaic image (a 100-axes figure takes seconds to lay out)."""
+    rows = []
+    for method in report_methods(params):
+        seeds = [0] if method == "fp" else params.seeds
+        for seed in seeds:
+            p = paths.samples_path(method, seed)
+            if p.exists():
+                rows.append((f"{method} s{seed}", load_tensors(p)["samples"]))
+                break
+    rows.append((NOISE, eval_noise(params)))
+    n = min([SAMPLE_COLUMNS, *[len(x) for _, x in rows]])
+    cell = 8 + pad
+    mosaic = np.full((len(rows) * cell + pad, n * cell + pad), np.nan)
+    for r, (_, images) in enumerate(rows):
+        for c in range(n):
+            y, x = pad + r * cell, pad + c * cell
+            mosaic[y : y + 8, x : x + 8] = images[c, 0].clamp(-1, 1).numpy()
+    fig, ax = plt.subplots(figsize=(n * 0.45 + 1, len(rows) * 0.45 + 0.5))
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="#9fb4d9")
+    ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_yticks([pad + r * cell + 3.5 for r in range(len(rows))], [name for name, _ in rows],
+                  fontsize=7)
+    ax.set_xticks([pad + c * cell + 3.5 for c in range(n)], [str(c % 10) for c in range(n)],
+                  fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_title("samples: the same prompts (digit below) and noise for every method", fontsize=8)
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def flat_metrics(table: pd.DataFrame, results: dict[str, dict],
+                 reproduced: bool | None) -> dict:
+    """Flat ``<metric>.<method>`` keys (finite numbers only) for ``dvc metrics``/``exp show``."""
+    names = {"fid_mean": "fid", "fid_std": "fid_std", "fid_delta_pct_vs_qat": "fid_delta_pct",
+             "prompt_accuracy": "prompt_accuracy", "teacher_psnr_db": "teacher_psnr",
+             "teacher_mse_mean": "teacher_mse", "heldout_loss_mean": "heldout_loss",
+             "heldout_loss_std": "heldout_loss_std", "model_size_mb": "model_size_mb",
+             "train_wall_s": "train_wall_s"}
+    out: dict[str, float | bool] = {}
+    for r in table.to_dict("records"):
+        for col, key in names.items():
+            v = r[col]
+            if not _isnan(v) and math.isfinite(v):
+                out[f"{key}.{r['method']}"] = float(v)
+    for metric, res in results.items():
+        short = {"heldout_distill_loss": "heldout_loss"}.get(metric, metric)
+        for key, v in (("delta_pct", res["delta_pct"]), ("ttest_p", res["ttest_p"]),
+                       ("bootstrap_p", (res["bootstrap"] or {}).get("p"))):
+            if v is not None and math.isfinite(v):
+                out[f"test.{short}.{key}"] = float(v)
+    if reproduced is not None:
+        out["claim.reproduced"] = bool(reproduced)
+    return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def run(params: Params) -> None:
+    evals, missing = load_eval_rows(params)
+    train, logs = load_train(params)
+    table = comparison_table(evals, train, report_methods(params))
+    results = {m: r for m in TESTED if (r := compare(evals, m)) is not None}
+    first = evals.iloc[0]
+    reproduced, claim = claim_paragraph(params, table, results, str(first["feature_space"]),
+                                        int(first["num_images"]))
+
+    md = ["# FraQAT vs standard QAT: comparison", "",
+          f"Setting: W{params.bits:g}A{params.act_bits:g}, seeds {params.seeds}, "
+          f"{int(first['num_images'])} samples per model, {first['feature_space']} feature "
+          "space (FID to the held-out real digits). Mean ± sample std over seeds; teacher "
+          "PSNR/MSE against the fp samples from the same prompts and noise; held-out "
+          "distillation loss = velocity MSE to the teacher on fixed noised held-out images.",
+          "", markdown_table(table), "", "## fraqat vs qat", "",
+          "Paired over seeds: `scipy.stats.ttest_rel` (when ≥ 2 seeds) and a hierarchical "
+          f"paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of seeds, then of items within "
+          "each seed: held-out points or samples, paired by index; with few seeds it "
+          "measures item noise more than seed-to-seed variance).", ""]
+    md += [tests_markdown(list(results.values())) if results else "No qat/fraqat pair to test.",
+           "", "## The paper's claim", "", claim, ""]
+    if missing:
+        md += [f"Missing evaluations (not in the table): {', '.join(missing)}.", ""]
+
+    plot_fid(table, paths.PLOTS / "fid.png")  # plots first: the likeliest to fail
+    plot_training(logs, paths.PLOTS / "training.png")
+    plot_samples(params, paths.PLOTS / "samples.png")
+    with atomic_path(paths.COMPARISON_CSV) as tmp:
+        table.to_csv(tmp, index=False)
+    _write_text(paths.COMPARISON_MD, "\n".join(md))
+    write_json(paths.METRICS, flat_metrics(table, results, reproduced))
+    log.info("report: %d methods, verdict %s; missing: %s", len(table),
+             {True: "reproduced", False: "not reproduced", None: "n/a"}[reproduced],
+             ", ".join(missing) or "none")
