@@ -1,4 +1,4 @@
-"""torchrun data parallelism on CPU (gloo): 2 processes match 1 process for the same global batch."""
+"""torchrun data parallelism on CPU (gloo): 2 processes match 1 process for one global batch."""
 
 from __future__ import annotations
 
