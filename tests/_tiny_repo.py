@@ -1,0 +1,55 @@
+"""Scratch copies of the repo for the end-to-end tests (never run DVC in the real workspace)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Stage outputs and DVC's lock are results, not sources: a copy starts from a clean slate.
+_SKIP_DIRS = ("data/", "reports/", ".dvc/cache/", ".dvc/tmp/")
+_SKIP_FILES = ("dvc.lock",)
+
+
+def source_files(src: Path = ROOT) -> list[str]:
+    """Tracked + untracked-but-not-ignored files of ``src``, less outputs (``data/``, ...)."""
+    out = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=src,
+                         check=True, capture_output=True).stdout.decode()
+    return sorted({f for f in out.split("\0") if f and not f.startswith(_SKIP_DIRS)
+                   and f not in _SKIP_FILES and (src / f).is_file()})
+
+
+def env_for(repo: Path, **extra: str) -> dict[str, str]:
+    """Environment for ``dvc``/``fraqat``/``python -m pipelines.flows`` run inside ``repo``.
+
+    ``PYTHONPATH`` puts the copy's sources ahead of the editable install of the real checkout.
+    """
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(repo), PATH=f"{Path(sys.executable).parent}{os.pathsep}"
+               f"{env.get('PATH', '')}", DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1")
+    env.pop("PREFECT_API_URL", None)
+    env.update(extra)
+    return env
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def make_tiny_repo(dst: Path, profile: str = "profiles/tiny.yaml") -> Path:
+    """Copy the sources to ``dst``, use ``profile`` as params.yaml, ``git init`` + commit."""
+    for f in source_files():
+        target = dst / f
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, target)
+    shutil.copyfile(ROOT / profile, dst / "params.yaml")
+    git(dst, "init", "-q", "-b", "main")
+    git(dst, "config", "user.email", "ci@fraqat.local")
+    git(dst, "config", "user.name", "fraqat tests")
+    git(dst, "add", "-A")
+    git(dst, "commit", "-q", "-m", "tiny profile")
+    return dst
