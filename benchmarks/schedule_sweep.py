@@ -69,6 +69,17 @@ VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
         ("fraqat-w3-channel-final70", "fraqat", {"bits": 3, "quant.granularity": "channel",
                                                  "schedule.final_fraction": 0.7}),
     ],
+    "confirm-channel": [
+        ("qat-channel", "qat", {"quant.granularity": "channel"}),
+        ("fraqat-channel-final70", "fraqat", {"quant.granularity": "channel",
+                                              "schedule.final_fraction": 0.7}),
+        ("fraqat-channel-final90", "fraqat", {"quant.granularity": "channel",
+                                              "schedule.final_fraction": 0.9}),
+        ("qat-channel-x2", "qat", {"quant.granularity": "channel", "train.steps": 800}),
+        ("fraqat-channel-final70-x2", "fraqat", {"quant.granularity": "channel",
+                                                 "schedule.final_fraction": 0.7,
+                                                 "train.steps": 800}),
+    ],
     "bits3": [
         ("qat-w3", "qat", {"bits": 3}),
         ("fraqat-w3", "fraqat", {"bits": 3}),
