@@ -19,16 +19,13 @@ from torch import nn
 
 from fraqat import htp_export as hx
 from fraqat.errors import FraqatError
+from fraqat.models import tiny_sana_config
 from fraqat.modules import QuantConfig, calibrate_activations, quant_layers, quantize_model
 from fraqat.quant import integer_codes
 
 diffusers = pytest.importorskip("diffusers")
 
-TINY_SANA = dict(in_channels=1, out_channels=1, num_attention_heads=2, attention_head_dim=16,
-                 num_layers=1, cross_attention_dim=32, num_cross_attention_heads=2,
-                 cross_attention_head_dim=16, caption_channels=32, sample_size=8, patch_size=1,
-                 norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=False,
-                 mlp_ratio=2.5)
+TINY_SANA = tiny_sana_config(width=32, layers=1, heads=2, patch_size=1)
 
 
 def inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fraqat.models import tiny_sana_config
 from fraqat.modules import (
     QuantConfig,
     QuantConv2d,
@@ -23,11 +24,7 @@ from fraqat.modules import (
 
 diffusers = pytest.importorskip("diffusers")
 
-TINY_SANA = dict(in_channels=1, out_channels=1, num_attention_heads=2, attention_head_dim=16,
-                 num_layers=1, cross_attention_dim=32, num_cross_attention_heads=2,
-                 cross_attention_head_dim=16, caption_channels=32, sample_size=8, patch_size=1,
-                 norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=False,
-                 mlp_ratio=2.5)
+TINY_SANA = tiny_sana_config(width=32, layers=1, heads=2, patch_size=1)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
