@@ -16,7 +16,7 @@ import csv
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,7 +60,6 @@ class DistillData:
     labels: torch.Tensor
     teacher_v: torch.Tensor
     target_v: torch.Tensor | None = None  # noise - x0, for the optional flow-matching term
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.t)
