@@ -28,6 +28,8 @@ GRIDS: dict[str, dict[str, dict[str, object]]] = {
         "w4-final70": {"bits": 4, "schedule.final_fraction": 0.7},
         "w3-equal": {"bits": 3},
         "w3-final70": {"bits": 3, "schedule.final_fraction": 0.7},
+        "w4-channel-final70": {"bits": 4, "quant.granularity": "channel",
+                               "schedule.final_fraction": 0.7},
     },
     "full": {
         **{f"w{b}-{name}": {"bits": b, **over} for b in (4, 3, 2) for name, over in {
