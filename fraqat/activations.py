@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fraqat import kernels
 from fraqat.quant import QParams, check_bits, qmax, quantize_with_qparams
 
 _EPS = torch.finfo(torch.float32).eps
@@ -83,6 +84,11 @@ class ActQuantizer(nn.Module):
             return x
         if not self._ready:
             return x  # not calibrated yet: behave as full precision
+        if not self.learn and kernels.fused_enabled(x):  # output in autocast's dtype
+            out = kernels.fake_quantize_activation(x, self.qparams(),
+                                                   out_dtype=kernels.compute_dtype(x))
+            if out is not None:
+                return out
         return quantize_with_qparams(x.float(), self.qparams()).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -83,6 +83,17 @@ def use_backend(name: str) -> Iterator[None]:
         _backend = old
 
 
+def fused_enabled(t: torch.Tensor) -> bool:
+    """Whether the quantized layers may call the Triton kernels directly for ``t``."""
+    return t.is_cuda and not torch.compiler.is_compiling() and current_backend() == "triton"
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the next matmul runs in: autocast's if enabled, else ``t``'s own."""
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
+
+
 # --- dispatch (called by fraqat.quant for CUDA tensors) ------------------------------------
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fraqat import kernels
 from fraqat.activations import ActQuantizer
 from fraqat.quant import GRANULARITIES, check_bits, fake_quantize
 
@@ -84,6 +85,12 @@ class _QuantMixin:
         bits = self.effective_bits
         if bits is None:
             return self.weight
+        if kernels.fused_enabled(self.weight):  # emits autocast's dtype: no fp32 round trip
+            out = kernels.fake_quantize_triton(
+                self.weight, bits, granularity=self.granularity, group_size=self.group_size,
+                symmetric=self.symmetric, out_dtype=kernels.compute_dtype(self.weight))
+            if out is not None:
+                return out
         return fake_quantize(self.weight, bits, granularity=self.granularity, axis=0,
                              group_size=self.group_size, symmetric=self.symmetric)
 
