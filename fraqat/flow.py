@@ -23,6 +23,12 @@ def sample_times(n: int, generator: torch.Generator | None = None) -> torch.Tens
     return torch.sigmoid(torch.randn(n, generator=generator))
 
 
+def seeded_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The starting noise of sampling: a fixed draw per seed, identical for every model."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g)
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int = 0) -> float:
     """Linear warm-up then cosine decay to 0: base * 0.5 * (1 + cos(pi * progress))."""
     import math

@@ -11,12 +11,8 @@ from collections.abc import Sequence
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from fraqat.flow import seeded_noise  # noqa: F401  (re-exported)
 from fraqat.models import TextToImage
-
-
-def seeded_noise(n: int, shape: Sequence[int], seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, *shape, generator=g)
 
 
 @torch.no_grad()

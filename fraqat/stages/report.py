@@ -13,19 +13,16 @@ import logging
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from fraqat import paths  # noqa: E402
+from fraqat import paths, plots  # noqa: E402
 from fraqat.errors import FraqatError  # noqa: E402
+from fraqat.flow import seeded_noise  # noqa: E402
 from fraqat.io import atomic_path, load_tensors, read_json, write_json  # noqa: E402
-from fraqat.params import METHODS, Params  # noqa: E402
+from fraqat.params import Params  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -315,61 +312,10 @@ def claim_paragraph(params: Params, table: pd.DataFrame, results: dict[str, dict
     return reproduced, " ".join(lines)
 
 
-# ----------------------------------------------------------------------------- plots
+# ----------------------------------------------------------------------------- sample rows
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
-
-
-def plot_fid(table: pd.DataFrame, path: Path) -> None:
-    models = table[table["method"] != NOISE]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(models["method"], models["fid_mean"], yerr=models["fid_std"].fillna(0), capsize=4,
-           color="tab:blue")
-    ax.set_ylabel("FID (to held-out real digits)")
-    noise = table.loc[table["method"] == NOISE, "fid_mean"]
-    title = "FID per method (mean ± std over seeds)"
-    if len(noise):
-        title += f"; noise: {float(noise.iloc[0]):.1f}"
-    ax.set_title(title, fontsize=9)
-    _save(fig, path)
-
-
-def plot_training(logs: dict[tuple[str, int], pd.DataFrame], path: Path) -> None:
-    fig, (ax_loss, ax_bits) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
-    for (method, seed), df in sorted(logs.items()):
-        color = colors.get(method, "k")
-        label = method if seed == min(s for m, s in logs if m == method) else None
-        style = ["-", "--", ":", "-."][seed % 4]
-        if "loss" in df:
-            ax_loss.plot(df["step"], df["loss"], style, color=color, label=label, lw=1)
-        if "bits" in df:
-            ax_bits.plot(df["step"], df["bits"], style, color=color, label=label, lw=1)
-    ax_loss.set_ylabel("distillation loss")
-    if logs:
-        ax_loss.set_yscale("log")
-        ax_loss.legend(fontsize=8)
-    else:
-        ax_loss.text(0.5, 0.5, "no training logs", ha="center", transform=ax_loss.transAxes)
-    ax_bits.set_ylabel("weight bits")
-    ax_bits.set_xlabel("step")
-    ax_loss.set_title("training (line style = seed)", fontsize=9)
-    _save(fig, path)
-
-
-def eval_noise(params: Params) -> torch.Tensor:
-    """The evaluation's starting noise: the same draw as ``fraqat.sampling.seeded_noise``
-    (repeated here so the report does not import diffusers for it)."""
-    g = torch.Generator().manual_seed(params.eval.seed)
-    return torch.randn(params.eval.num_images, 1, 8, 8, generator=g)
-
-
-def plot_samples(params: Params, path: Path, pad: int = 1) -> None:
-    """One row per method (its first seed), the same prompts and noise in every column;
-    drawn as a single mosaic image (a 100-axes figure takes seconds to lay out)."""
+def sample_rows(params: Params) -> list[tuple[str, torch.Tensor]]:
+    """Each method's first available seed, then the evaluation noise itself."""
     rows = []
     for method in report_methods(params):
         seeds = [0] if method == "fp" else params.seeds
@@ -378,24 +324,8 @@ def plot_samples(params: Params, path: Path, pad: int = 1) -> None:
             if p.exists():
                 rows.append((f"{method} s{seed}", load_tensors(p)["samples"]))
                 break
-    rows.append((NOISE, eval_noise(params)))
-    n = min([SAMPLE_COLUMNS, *[len(x) for _, x in rows]])
-    cell = 8 + pad
-    mosaic = np.full((len(rows) * cell + pad, n * cell + pad), np.nan)
-    for r, (_, images) in enumerate(rows):
-        for c in range(n):
-            y, x = pad + r * cell, pad + c * cell
-            mosaic[y : y + 8, x : x + 8] = images[c, 0].clamp(-1, 1).numpy()
-    fig, ax = plt.subplots(figsize=(n * 0.45 + 1, len(rows) * 0.45 + 0.5))
-    cmap = plt.get_cmap("gray_r").with_extremes(bad="#9fb4d9")
-    ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_yticks([pad + r * cell + 3.5 for r in range(len(rows))], [name for name, _ in rows],
-                  fontsize=7)
-    ax.set_xticks([pad + c * cell + 3.5 for c in range(n)], [str(c % 10) for c in range(n)],
-                  fontsize=7)
-    ax.tick_params(length=0)
-    ax.set_title("samples: the same prompts (digit below) and noise for every method", fontsize=8)
-    _save(fig, path)
+    noise = seeded_noise(params.eval.num_images, (1, 8, 8), params.eval.seed)
+    return rows + [(NOISE, noise)]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -455,9 +385,9 @@ def run(params: Params) -> None:
     if missing:
         md += [f"Missing evaluations (not in the table): {', '.join(missing)}.", ""]
 
-    plot_fid(table, paths.PLOTS / "fid.png")  # plots first: the likeliest to fail
-    plot_training(logs, paths.PLOTS / "training.png")
-    plot_samples(params, paths.PLOTS / "samples.png")
+    plots.plot_fid(table, paths.PLOTS / "fid.png", NOISE)  # plots first: likeliest to fail
+    plots.plot_training(logs, paths.PLOTS / "training.png")
+    plots.plot_mosaic(sample_rows(params), paths.PLOTS / "samples.png", SAMPLE_COLUMNS)
     with atomic_path(paths.COMPARISON_CSV) as tmp:
         table.to_csv(tmp, index=False)
     _write_text(paths.COMPARISON_MD, "\n".join(md))
