@@ -10,7 +10,7 @@ from pipelines.repro import main
 
 def test_times_each_stage_and_passes_exit_code(tmp_path, monkeypatch, capsys):
     fake = tmp_path / "dvc"
-    fake.write_text("#!/bin/sh\necho \"Running stage 'a':\"\nsleep 0.3\n"
+    fake.write_text("#!/bin/sh\necho \"Running stage 'a':\"\nsleep 0.8\n"
                     "echo \"Running stage 'b@x-0':\"\nsleep 0.1\necho done\nexit 3\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
@@ -20,5 +20,6 @@ def test_times_each_stage_and_passes_exit_code(tmp_path, monkeypatch, capsys):
 
     timings = json.loads(out.strip().splitlines()[-1])
     assert list(timings["stages"]) == ["a", "b@x-0"]
-    assert timings["stages"]["a"] >= 0.3 > timings["stages"]["b@x-0"] >= 0.1
+    # generous bounds: the parser times the gap between lines, not the sleeps exactly
+    assert timings["stages"]["a"] > 0.5 > timings["stages"]["b@x-0"] > 0.05
     assert "total (dvc repro)" in out
