@@ -17,11 +17,11 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from gpu import time_ms  # the shared timer (benchmarks/ is on sys.path when run)
 
 from fraqat.quant import compute_qparams, fake_quantize
 
@@ -37,24 +37,8 @@ def parse_size(text: str) -> tuple[int, ...]:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in ms, with the device synchronized around every run."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median time of ``fn`` in ms (CUDA events on a GPU, else the host clock)."""
+    return statistics.median(time_ms(fn, warmup=warmup, reps=repeats))
 
 
 def cases(x: torch.Tensor, bits: float, group_size: int) -> dict[str, Callable]:
