@@ -73,12 +73,17 @@ def experiments(show: list[dict]) -> list[dict]:
     rows = []
     for baseline in show:
         for exp in baseline.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state", "success")
+            if state not in ("success", "done"):  # a running one shows stale metrics
+                continue
             for rev in exp.get("revs") or []:
                 data = rev.get("data") or {}
                 if rev.get("error") or not data:
                     continue
                 params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
                 metrics = (data.get("metrics") or {}).get("reports/metrics.json", {})
+                if not metrics.get("data"):  # queued, running or failed: nothing measured
+                    continue
                 rows.append({"name": exp.get("name") or rev.get("name") or rev.get("rev"),
                              "params": _flatten(params),
                              "metrics": metrics.get("data", {})})
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "queue":
         queue(args.grid, args.seeds)
         return 0
-    show = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], check=True,
+    show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
                                      capture_output=True, text=True).stdout)
     rows = experiments(show)
     if not rows:
