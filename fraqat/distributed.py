@@ -37,6 +37,18 @@ def init_from_env() -> bool:
     return True
 
 
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` | ``cuda`` | ``auto`` (CUDA when visible); under torchrun, this rank's GPU."""
+    if name not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device={name!r} is not allowed (allowed: cpu, cuda, auto)")
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise ValueError("device='cuda' but no CUDA GPU is visible (allowed here: cpu, auto)")
+    if name == "cpu" or not cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

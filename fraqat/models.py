@@ -152,6 +152,11 @@ class TextToImage:
     def eval(self) -> TextToImage:
         return self.train(False)
 
+    def to(self, device: torch.device | str) -> TextToImage:
+        self.transformer.to(device)
+        self.encoder.to(device)
+        return self
+
     def save_pretrained(self, folder: str | Path, meta: dict | None = None) -> None:
         folder = Path(folder)
         self.transformer.save_pretrained(folder / "transformer")

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fraqat.errors import ParamsError
 
-METHODS = ("fp", "ptq", "qat", "fraqat", "int-progressive")
-TRAINED_METHODS = ("ptq", "qat", "fraqat", "int-progressive")
+METHODS = ("fp", "ptq", "qat", "fraqat", "int-progressive", "qat-target-steps")
+TRAINED_METHODS = ("ptq", "qat", "fraqat", "int-progressive", "qat-target-steps")
 MODELS = ("tiny-sana", "sana-600m", "sana-1.6b", "pixart-sigma", "sd3.5-medium", "flux-schnell")
 Bits = typing.Annotated[float, Field(ge=2, le=16)]
 
@@ -102,7 +102,8 @@ class Params(_Strict):
     model: Literal[MODELS] = "tiny-sana"  # type: ignore[valid-type]
     model_path: str | None = None
     allow_download: bool = False
-    methods: list[Literal[TRAINED_METHODS]] = list(TRAINED_METHODS)  # type: ignore[valid-type]
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    methods: list[Literal[TRAINED_METHODS]] = list(TRAINED_METHODS[:4])  # type: ignore[valid-type]
     seeds: list[int] = [0, 1]
     data: DataParams = DataParams()
     pretrain: PretrainParams = PretrainParams()

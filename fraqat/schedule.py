@@ -40,6 +40,10 @@ class ProgressiveSchedule:
     boundaries: tuple[int, ...]
     total_steps: int
 
+    @property
+    def target(self) -> float | None:
+        return self.levels[-1]
+
     def bits_at(self, step: int) -> float | None:
         idx = 0
         for i, start in enumerate(self.boundaries):
@@ -63,6 +67,11 @@ class ContinuousSchedule:
         if k >= self.decay_steps:  # exactly the target (no float round-off), also if 0 steps
             return self.target
         return self.start + (self.target - self.start) * k / self.decay_steps
+
+
+def steps_at_target(schedule) -> int:
+    """How many steps train at the target bits: the budget FraQAT spends there."""
+    return sum(schedule.bits_at(k) == schedule.target for k in range(schedule.total_steps))
 
 
 def bit_levels(start: float, target: float, step: float) -> list[float]:

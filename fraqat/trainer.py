@@ -16,7 +16,7 @@ import csv
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -63,6 +63,10 @@ class DistillData:
 
     def __len__(self) -> int:
         return len(self.t)
+
+    def to(self, device: torch.device | str) -> DistillData:
+        return DistillData(*(None if getattr(self, f.name) is None
+                             else getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:

@@ -20,29 +20,36 @@ from pathlib import Path
 
 import pandas as pd
 
-BASE = {"methods": "[qat,fraqat]"}
+# Every cell trains qat, fraqat and the control (qat with only FraQAT's steps at the target).
+BASE = {"methods": "[qat,fraqat,qat-target-steps]"}
+FINAL70 = {"schedule.final_fraction": 0.7}
+CHANNEL = {"quant.granularity": "channel"}
 GRIDS: dict[str, dict[str, dict[str, object]]] = {
     # target bits x schedule shape: the paper's equal stages vs most steps at the target
     "quick": {
         "w4-equal": {"bits": 4},
-        "w4-final70": {"bits": 4, "schedule.final_fraction": 0.7},
+        "w4-final70": {"bits": 4, **FINAL70},
         "w3-equal": {"bits": 3},
-        "w3-final70": {"bits": 3, "schedule.final_fraction": 0.7},
-        "w4-channel-final70": {"bits": 4, "quant.granularity": "channel",
-                               "schedule.final_fraction": 0.7},
+        "w3-final70": {"bits": 3, **FINAL70},
+        "w4-channel-final70": {"bits": 4, **CHANNEL, **FINAL70},
     },
+    # every axis of issue 10 at the default model size, most informative cells first
     "full": {
-        **{f"w{b}-{name}": {"bits": b, **over} for b in (4, 3, 2) for name, over in {
-            "equal": {}, "final70": {"schedule.final_fraction": 0.7},
-            "step0.25-final70": {"schedule.step": 0.25, "schedule.final_fraction": 0.7},
-            "continuous-final70": {"schedule.fraqat_kind": "continuous",
-                                   "schedule.final_fraction": 0.7},
-            "restart": {"train.lr_restart_per_stage": True},
-            "channel-final70": {"quant.granularity": "channel",
-                                "schedule.final_fraction": 0.7},
-        }.items()},
-        "w4-final70-x0.5": {"train.steps": 200, "schedule.final_fraction": 0.7},
-        "w4-final70-x2": {"train.steps": 800, "schedule.final_fraction": 0.7},
+        "w4-equal": {"bits": 4},
+        "w4-final70": {"bits": 4, **FINAL70},
+        "w4-channel-final70": {"bits": 4, **CHANNEL, **FINAL70, "seeds": "[0,1,2,3,4]"},
+        "w4-final90": {"bits": 4, "schedule.final_fraction": 0.9},
+        "w4-step0.25-final70": {"bits": 4, "schedule.step": 0.25, **FINAL70},
+        "w4-continuous-final70": {"bits": 4, "schedule.fraqat_kind": "continuous", **FINAL70},
+        "w4-restart": {"bits": 4, "train.lr_restart_per_stage": True},
+        "w4-final70-x0.5": {"bits": 4, "train.steps": 200, **FINAL70},
+        "w4-final70-x2": {"bits": 4, "train.steps": 800, **FINAL70},
+        "w3-equal": {"bits": 3},
+        "w3-final70": {"bits": 3, **FINAL70},
+        "w3-channel-final70": {"bits": 3, **CHANNEL, **FINAL70},
+        "w2-final70": {"bits": 2, **FINAL70},
+        "w2-channel-final70": {"bits": 2, **CHANNEL, **FINAL70},
+        "w4-channel-equal": {"bits": 4, **CHANNEL},
     },
 }
 METRICS = ("fid", "heldout_loss", "teacher_mse")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fraqat import paths
+from fraqat import distributed, paths
 from fraqat.io import read_json
 from tests.tiny_project import make_tiny_project
 
@@ -53,3 +53,14 @@ def test_two_gloo_processes_match_one(project):
     assert [r[2] for r in rows] == [r[2] for r in rows_ddp]  # same bit schedule
     for a, b in zip(rows, rows_ddp, strict=True):
         assert float(a[1]) == pytest.approx(float(b[1]), rel=1e-3)  # same global-batch loss
+
+
+def test_resolve_device():
+    assert distributed.resolve_device("cpu") == torch.device("cpu")
+    assert distributed.resolve_device("auto").type == ("cuda" if torch.cuda.is_available()
+                                                       else "cpu")
+    with pytest.raises(ValueError, match="device='tpu' is not allowed"):
+        distributed.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            distributed.resolve_device("cuda")

@@ -92,7 +92,9 @@ def test_report_reproduced(tmp_path, monkeypatch):
 
     metrics = json.loads(paths.METRICS.read_text())
     for key in ("fid.fraqat", "fid.qat", "heldout_loss.fraqat", "heldout_loss.qat", "fid.noise",
-                "test.heldout_loss.ttest_p", "test.teacher_mse.bootstrap_p"):
+                "test.heldout_loss.ttest_p", "test.teacher_mse.bootstrap_p",
+                "test.heldout_loss.ci_low_pct", "test.heldout_loss.ci_high_pct",
+                "teacher_mse_std.qat"):
         assert key in metrics, key
     assert metrics["claim.reproduced"] is True
     ev = [json.loads(paths.eval_metrics(m, s).read_text()) for m in ("fraqat", "qat")
@@ -204,3 +206,24 @@ def test_evaluate_then_report_end_to_end(tmp_path, monkeypatch):
     table = pd.read_csv(paths.COMPARISON_CSV)
     assert table["method"].tolist() == ["fp", "ptq", "noise"]
     assert "cannot be tested" in paths.COMPARISON_MD.read_text()
+
+
+def test_seed_interval_is_the_paired_t_interval_in_percent():
+    fra, qat = np.array([1.0, 1.2, 0.9, 1.1]), np.array([1.1, 1.25, 1.0, 1.3])
+    d = fra - qat
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert report.seed_interval_pct(fra, qat) == pytest.approx(
+        [100 * lo / qat.mean(), 100 * hi / qat.mean()])
+
+
+def test_probe_summary_reads_the_loss_at_the_target_through_the_stages():
+    fraqat_log = pd.DataFrame({"step": [0, 1, 2, 3, 4], "bits": [8.0, 8.0, 6.0, 4.0, 4.0],
+                               "target_loss": [0.5, np.nan, 0.45, np.nan, 0.1]})
+    qat_log = pd.DataFrame({"step": [0, 1], "bits": [4.0, 4.0], "target_loss": [0.4, 0.2]})
+    logs = {("fraqat", 0): fraqat_log, ("fraqat", 1): fraqat_log.assign(
+        target_loss=fraqat_log["target_loss"] * 2), ("qat", 0): qat_log}
+    probes = report.probe_summary(logs, 4.0).set_index("method")
+    assert probes.loc["fraqat"].tolist() == pytest.approx([0.75, 0.675, 0.15])
+    assert probes.loc["qat", "final"] == 0.2 and np.isnan(probes.loc["qat", "before_target"])
+    md = report.probe_markdown(probes.reset_index(), 4.0)
+    assert "| fraqat | 0.750 | 0.675 | 0.150 |" in md

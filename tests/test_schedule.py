@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraqat.schedule import SCHEDULES, SHAPES, bit_levels, make_schedule
+from fraqat.schedule import SCHEDULES, SHAPES, bit_levels, make_schedule, steps_at_target
 
 
 def trace(s, total: int) -> list[float | None]:
@@ -100,6 +100,18 @@ def test_final_fraction(name: str) -> None:
     bits = trace(make_schedule(name, 4, 1000, final_fraction=0.4), 1000)
     assert abs(bits.count(4.0) - 400) <= 2
     assert bits[-400:] == [4.0] * 400
+
+
+@pytest.mark.parametrize(("name", "kw", "expected"), [
+    ("constant", {}, 400),
+    ("fraqat", {}, 44),                        # 9 equal stages of 400 steps: 45,45,45,45,44,...
+    ("fraqat", {"final_fraction": 0.7}, 280),
+    ("continuous", {"final_fraction": 0.5}, 201),  # the held half + the last decay step
+    ("fraqat", {"fp_warmup": 0.5, "final_fraction": 0.5}, 100),
+])
+def test_steps_at_target(name: str, kw: dict, expected: int) -> None:
+    s = make_schedule(name, 4, 400, **kw)
+    assert steps_at_target(s) == expected == trace(s, 400).count(4.0)
 
 
 def test_continuous_decays_monotonically() -> None:

@@ -64,6 +64,10 @@ def test_methods_share_the_budget(project):
     qat_bits = {line.split("\t")[2] for line in
                 (project / paths.train_log("qat", 0)).read_text().splitlines()[1:]}
     assert qat_bits == {"4.0"}
+    r = train(project, "qat-target-steps")  # the control: QAT with FraQAT's steps at 4 bits
+    assert r.returncode == 0, r.stderr
+    assert read_json(project / paths.train_metrics("qat-target-steps", 0))["steps"] == \
+        bits.count(4.0) < 24
     assert not (project / paths.checkpoint_dir("fraqat", 0) / "checkpoint.pt").exists()
 
 

@@ -12,7 +12,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from fraqat import paths
+from fraqat import distributed, paths
 from fraqat.data import PROMPTS, ImageSet, prompt_for
 from fraqat.errors import FraqatError
 from fraqat.flow import cosine_lr, noisy, sample_times, velocity
@@ -39,11 +39,12 @@ def run(params: Params) -> None:
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
     train = load_split("train")
-    model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS, p.patch_size)
+    device = distributed.resolve_device(params.device)
+    model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS, p.patch_size).to(device)
     prompts = [prompt_for(y) for y in train.labels]
     opt = torch.optim.AdamW(list(model.parameters()), lr=p.lr, weight_decay=0.01)
-    log.info("teacher: %d parameters, %d steps, batch %d",
-             sum(x.numel() for x in model.parameters()), p.steps, p.batch_size)
+    log.info("teacher: %d parameters, %d steps, batch %d, on %s",
+             sum(x.numel() for x in model.parameters()), p.steps, p.batch_size, device)
     start, ema = time.perf_counter(), None
     bar = tqdm(range(p.steps), desc="pretrain", mininterval=2)
     model.train()
@@ -51,7 +52,7 @@ def run(params: Params) -> None:
         idx = torch.randint(0, len(train.labels), (p.batch_size,), generator=gen)
         x0 = train.images[idx]
         noise = torch.randn(x0.shape, generator=gen)
-        t = sample_times(len(idx), gen)
+        x0, noise, t = x0.to(device), noise.to(device), sample_times(len(idx), gen).to(device)
         hidden, mask = model.encode([prompts[i] for i in idx])
         loss = torch.nn.functional.mse_loss(model.predict(noisy(x0, noise, t), t, hidden, mask),
                                             velocity(x0, noise))
@@ -66,5 +67,5 @@ def run(params: Params) -> None:
     seconds = time.perf_counter() - start
     log.info("teacher trained in %.1f s, final loss (EMA) %.4f", seconds, ema)
     with atomic_path(paths.TEACHER) as out:
-        model.eval().save_pretrained(out, meta={"model": "tiny-sana", "train_seconds": seconds,
-                                                "final_loss": ema, "steps": p.steps})
+        model.to("cpu").eval().save_pretrained(out, meta={
+            "model": "tiny-sana", "train_seconds": seconds, "final_loss": ema, "steps": p.steps})

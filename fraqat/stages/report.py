@@ -164,6 +164,44 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- why
+
+PROBE_POINTS = {"start": "after step 0", "before_target": "end of the high-bit stages",
+                "final": "end"}
+
+
+def probe_summary(logs: dict[tuple[str, int], pd.DataFrame], target_bits: float) -> pd.DataFrame:
+    """The held-out loss measured at the target bits at three points, mean over seeds.
+
+    ``start`` (after the first step), ``before_target`` (last probe while training above the
+    target: progressive methods only) and ``final``. If the high-bit stages moved the weights
+    toward a good low-bit solution, ``before_target`` is well below ``start``.
+    """
+    rows = []
+    for (method, seed), df in logs.items():
+        probes = df.dropna(subset=["target_loss"]) if "target_loss" in df else df.iloc[:0]
+        if probes.empty:
+            continue
+        high = probes[probes["bits"] != target_bits]
+        rows.append({"method": method, "seed": seed, "start": probes["target_loss"].iloc[0],
+                     "before_target": (high["target_loss"].iloc[-1]
+                                       if 0 < len(high) < len(probes) else float("nan")),
+                     "final": probes["target_loss"].iloc[-1]})
+    if not rows:
+        return pd.DataFrame(columns=["method", *PROBE_POINTS])
+    return pd.DataFrame(rows).groupby("method", sort=False)[list(PROBE_POINTS)].mean() \
+        .reset_index()
+
+
+def probe_markdown(probes: pd.DataFrame, bits: float) -> str:
+    head = ["method", *(f"loss at W{bits:g}, {label}" for label in PROBE_POINTS.values())]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in probes.to_dict("records"):
+        lines.append("| " + " | ".join([r["method"], *(_fmt(r[p], 3) for p in PROBE_POINTS)])
+                     + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- statistics
 
 def per_item_values(method: str, seed: int, metric: str) -> np.ndarray | None:
@@ -204,6 +242,17 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RE
             "p": float(min(1.0, p)), "resamples": resamples, "seeds": k, "items": n}
 
 
+def seed_interval_pct(fra: np.ndarray, qat: np.ndarray, level: float = 0.95) -> list[float]:
+    """Student-t interval of the paired mean difference over seeds, in % of QAT's mean.
+
+    mean(d) ± t_{(1+level)/2, n-1} · sd(d) / √n with d = fraqat − qat per seed: the seed-to-seed
+    spread, which the per-item bootstrap cannot see with few seeds.
+    """
+    d = fra - qat
+    half = stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return [float(100 * (d.mean() + k * half) / qat.mean()) for k in (-1, 1)]
+
+
 def compare(evals: pd.DataFrame, metric: str) -> dict | None:
     """fraqat vs qat on ``metric``: means, Δ%, paired t-test over seeds, bootstrap."""
     pivot = evals[evals["method"].isin([BASELINE, CANDIDATE])].pivot_table(
@@ -218,10 +267,11 @@ def compare(evals: pd.DataFrame, metric: str) -> dict | None:
     out = {"metric": metric, "seeds": seeds, "qat": float(qat.mean()),
            "fraqat": float(fra.mean()),
            "delta_pct": 100.0 * (fra.mean() - qat.mean()) / qat.mean() if qat.mean() else None,
-           "ttest_t": None, "ttest_p": None, "bootstrap": None}
+           "ttest_t": None, "ttest_p": None, "ci_pct": None, "bootstrap": None}
     if len(seeds) >= 2 and not np.allclose(fra - qat, (fra - qat)[0]):
         res = stats.ttest_rel(fra, qat)
         out["ttest_t"], out["ttest_p"] = float(res.statistic), float(res.pvalue)
+        out["ci_pct"] = seed_interval_pct(fra, qat)
     items = [(per_item_values(CANDIDATE, s, metric), per_item_values(BASELINE, s, metric))
              for s in seeds]
     if all(f is not None and q is not None and len(f) == len(q) for f, q in items) and \
@@ -239,9 +289,12 @@ def _p(p: float, resamples: int, eq: bool = False) -> str:
 
 
 def tests_markdown(results: list[dict]) -> str:
-    lines = ["| metric | qat | fraqat | Δ% (fraqat vs qat) | paired t-test over seeds | "
-             "bootstrap 95% CI of fraqat − qat | bootstrap p |", "|" + "---|" * 7]
+    lines = ["| metric | qat | fraqat | Δ% (fraqat vs qat) | 95% CI of Δ% over seeds | "
+             "paired t-test over seeds | bootstrap 95% CI of fraqat − qat | bootstrap p |",
+             "|" + "---|" * 8]
     for r in results:
+        seed_ci = "n/a" if r["ci_pct"] is None else \
+            f"[{r['ci_pct'][0]:+.1f}%, {r['ci_pct'][1]:+.1f}%]"
         t = (f"t={r['ttest_t']:.2f}, p={r['ttest_p']:.3g} (n={len(r['seeds'])})"
              if r["ttest_p"] is not None else f"n/a (n={len(r['seeds'])} seed(s); needs ≥ 2)")
         b = r["bootstrap"]
@@ -249,7 +302,7 @@ def tests_markdown(results: list[dict]) -> str:
         bp = _p(b["p"], b["resamples"]) if b else "-"
         delta = "-" if r["delta_pct"] is None else f"{r['delta_pct']:+.1f}%"
         lines.append(f"| {TESTED[r['metric']]} | {_fmt(r['qat'], 4)} | {_fmt(r['fraqat'], 4)} "
-                     f"| {delta} | {t} | {ci} | {bp} |")
+                     f"| {delta} | {seed_ci} | {t} | {ci} | {bp} |")
     return "\n".join(lines)
 
 
@@ -330,13 +383,14 @@ def sample_rows(params: Params) -> list[tuple[str, torch.Tensor]]:
 
 # ----------------------------------------------------------------------------- outputs
 
-def flat_metrics(table: pd.DataFrame, results: dict[str, dict],
-                 reproduced: bool | None) -> dict:
+def flat_metrics(table: pd.DataFrame, results: dict[str, dict], reproduced: bool | None,
+                 probes: pd.DataFrame | None = None) -> dict:
     """Flat ``<metric>.<method>`` keys (finite numbers only) for ``dvc metrics``/``exp show``."""
     names = {"fid_mean": "fid", "fid_std": "fid_std", "fid_delta_pct_vs_qat": "fid_delta_pct",
              "prompt_accuracy": "prompt_accuracy", "teacher_psnr_db": "teacher_psnr",
              "teacher_mse_mean": "teacher_mse", "heldout_loss_mean": "heldout_loss",
-             "heldout_loss_std": "heldout_loss_std", "model_size_mb": "model_size_mb",
+             "heldout_loss_std": "heldout_loss_std", "teacher_mse_std": "teacher_mse_std",
+             "model_size_mb": "model_size_mb",
              "train_wall_s": "train_wall_s"}
     out: dict[str, float | bool] = {}
     for r in table.to_dict("records"):
@@ -346,10 +400,16 @@ def flat_metrics(table: pd.DataFrame, results: dict[str, dict],
                 out[f"{key}.{r['method']}"] = float(v)
     for metric, res in results.items():
         short = {"heldout_distill_loss": "heldout_loss"}.get(metric, metric)
+        ci, boot = res["ci_pct"] or [None, None], res["bootstrap"] or {}
         for key, v in (("delta_pct", res["delta_pct"]), ("ttest_p", res["ttest_p"]),
-                       ("bootstrap_p", (res["bootstrap"] or {}).get("p"))):
+                       ("ci_low_pct", ci[0]), ("ci_high_pct", ci[1]),
+                       ("bootstrap_p", boot.get("p"))):
             if v is not None and math.isfinite(v):
                 out[f"test.{short}.{key}"] = float(v)
+    for r in ([] if probes is None else probes.to_dict("records")):
+        for point in PROBE_POINTS:
+            if not _isnan(r[point]):
+                out[f"probe.{point}.{r['method']}"] = float(r[point])
     if reproduced is not None:
         out["claim.reproduced"] = bool(reproduced)
     return out
@@ -365,6 +425,7 @@ def run(params: Params) -> None:
     train, logs = load_train(params)
     table = comparison_table(evals, train, report_methods(params))
     results = {m: r for m in TESTED if (r := compare(evals, m)) is not None}
+    probes = probe_summary(logs, params.bits)
     first = evals.iloc[0]
     reproduced, claim = claim_paragraph(params, table, results, str(first["feature_space"]),
                                         int(first["num_images"]))
@@ -381,7 +442,11 @@ def run(params: Params) -> None:
           "each seed: held-out points or samples, paired by index; with few seeds it "
           "measures item noise more than seed-to-seed variance).", ""]
     md += [tests_markdown(list(results.values())) if results else "No qat/fraqat pair to test.",
-           "", "## The paper's claim", "", claim, ""]
+           "", "## Why: the loss at the target bits through training", "",
+           f"The held-out distillation loss measured at W{params.bits:g} (`target_loss` in "
+           "`reports/train/*.tsv`), mean over seeds. A progressive schedule helps only if its "
+           "high-bit stages already lower this number.", "",
+           probe_markdown(probes, params.bits), "", "## The paper's claim", "", claim, ""]
     if missing:
         md += [f"Missing evaluations (not in the table): {', '.join(missing)}.", ""]
 
@@ -391,7 +456,7 @@ def run(params: Params) -> None:
     with atomic_path(paths.COMPARISON_CSV) as tmp:
         table.to_csv(tmp, index=False)
     _write_text(paths.COMPARISON_MD, "\n".join(md))
-    write_json(paths.METRICS, flat_metrics(table, results, reproduced))
+    write_json(paths.METRICS, flat_metrics(table, results, reproduced, probes))
     log.info("report: %d methods, verdict %s; missing: %s", len(table),
              {True: "reproduced", False: "not reproduced", None: "n/a"}[reproduced],
              ", ".join(missing) or "none")

@@ -5,6 +5,8 @@
 * ``qat``              standard QAT: the target bits from the first step.
 * ``fraqat``           FraQAT: 8 -> 7.5 -> ... -> bits (``schedule.*``).
 * ``int-progressive``  integer steps only: 8 -> 7 -> ... -> bits (ablation).
+* ``qat-target-steps`` the control: standard QAT given only the steps FraQAT spends at the
+                       target bits (is the high-bit part of FraQAT worth its steps?).
 """
 
 from __future__ import annotations
@@ -23,19 +25,27 @@ from fraqat.models import TextToImage, load_teacher
 from fraqat.modules import layer_report, set_weight_bits
 from fraqat.params import Params, quant_config
 from fraqat.runs import quantized_copy, save_run
-from fraqat.schedule import make_schedule
+from fraqat.schedule import make_schedule, steps_at_target
 from fraqat.stages.pretrain import load_split
 from fraqat.stages.teacher import load_calibration, predict_all
 from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
 
 log = logging.getLogger(__name__)
-SCHEDULE_OF = {"qat": "constant", "int-progressive": "int-progressive"}
+SCHEDULE_OF = {"qat": "constant", "qat-target-steps": "constant",
+               "int-progressive": "int-progressive"}
+
+
+def train_steps(params: Params, method: str) -> int:
+    if method == "qat-target-steps":
+        return steps_at_target(build_schedule(params, "fraqat"))
+    return params.train.steps
 
 
 def build_schedule(params: Params, method: str):
     s, name = params.schedule, SCHEDULE_OF.get(method, params.schedule.fraqat_kind)
-    return make_schedule(name, params.bits, params.train.steps, start=s.start_bits, step=s.step,
-                         shape=s.shape, fp_warmup=s.fp_warmup, final_fraction=s.final_fraction)
+    return make_schedule(name, params.bits, train_steps(params, method), start=s.start_bits,
+                         step=s.step, shape=s.shape, fp_warmup=s.fp_warmup,
+                         final_fraction=s.final_fraction)
 
 
 def distill_data() -> DistillData:
@@ -58,34 +68,39 @@ def probe_data(teacher: TextToImage, n: int, seed: int = 4321) -> DistillData:
 
 def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
                   log_path: Path) -> tuple[TextToImage, dict]:
-    """Quantize the teacher, calibrate activations, run the method's schedule; no outputs."""
+    """Quantize the teacher, calibrate activations, run the method's schedule; no outputs.
+
+    Trains on ``params.device``; the returned student is back on the CPU.
+    """
     torch.manual_seed(seed)
+    device = distributed.resolve_device(params.device)
     teacher = load_teacher(paths.TEACHER)
-    data = distill_data()
+    t = params.train
+    probe = probe_data(teacher, t.probe_samples).to(device)  # before the shared encoder moves
+    data = distill_data().to(device)
     schedule = build_schedule(params, method)
-    student = quantized_copy(teacher, quant_config(params))
+    student = quantized_copy(teacher, quant_config(params)).to(device)
     set_weight_bits(student.transformer, params.bits if method == "ptq" else schedule.bits_at(0))
     n_calib = calibrate(student, data)
     log.info("%s seed %d: %d quantized layers, activations calibrated on %d batches",
              method, seed, len(layer_report(student.transformer)), n_calib)
-    t = params.train
-    cfg = TrainConfig(steps=t.steps, lr=t.lr, batch_size=t.batch_size,
+    cfg = TrainConfig(steps=schedule.total_steps, lr=t.lr, batch_size=t.batch_size,
                       checkpoint_every=t.checkpoint_every, seed=seed,
                       lr_schedule=t.lr_schedule, lr_restart_per_stage=t.lr_restart_per_stage,
                       flow_matching_weight=t.flow_matching_weight, probe_every=t.probe_every,
                       warmup=t.warmup_steps,
                       fingerprint=fingerprint({"params": params.model_dump(), "method": method,
                                                "seed": seed}))
-    trainer = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path,
-                      probe=probe_data(teacher, t.probe_samples))
+    trainer = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe)
     if method != "ptq":
-        return student, trainer.fit()
+        result = trainer.fit()
+        return student.to("cpu"), result
     start = time.perf_counter()
     loss = trainer.loss_on(data, torch.arange(min(len(data), 512))).item()
     trainer.rows = [{"step": 0, "loss": round(loss, 7), "bits": params.bits, "lr": 0.0,
                      "target_loss": round(trainer.probe_loss(), 7)}]
     trainer.write_log()
-    return student, {"final_loss": trainer.rows[0]["loss"],
+    return student.to("cpu"), {"final_loss": trainer.rows[0]["loss"],
                      "final_target_loss": trainer.rows[0]["target_loss"], "steps": 0,
                      "resumed_from": 0, "wall_seconds": time.perf_counter() - start}
 
