@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
@@ -80,6 +81,16 @@ VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
                                                  "schedule.final_fraction": 0.7,
                                                  "train.steps": 800}),
     ],
+    # the model-size axis: run in a project whose teacher is wider/deeper (see SCHEDULES.md)
+    "size": [
+        ("qat", "qat", {}),
+        ("fraqat-equal", "fraqat", {}),
+        ("qat-target-steps-equal", "qat-target-steps", {}),
+        ("fraqat-final70", "fraqat", {"schedule.final_fraction": 0.7}),
+        ("qat-channel", "qat", {"quant.granularity": "channel"}),
+        ("fraqat-channel-final70", "fraqat", {"quant.granularity": "channel",
+                                              "schedule.final_fraction": 0.7}),
+    ],
     "bits3": [
         ("qat-w3", "qat", {"bits": 3}),
         ("fraqat-w3", "fraqat", {"bits": 3}),
@@ -119,13 +130,15 @@ def sample_metrics(student, params, n: int = 200, steps: int = 10) -> dict:
 
     from fraqat import paths
     from fraqat.data import PROMPTS
+    from fraqat.distributed import resolve_device
     from fraqat.models import load_teacher
     from fraqat.sampling import sample, seeded_noise
 
+    device = resolve_device(params.device)
     prompts = [PROMPTS[i % 10] for i in range(n)]
-    noise = seeded_noise(n, (1, 8, 8), 1234)
-    ref = sample(load_teacher(paths.TEACHER), prompts, noise, steps)
-    out = sample(student, prompts, noise, steps)
+    noise = seeded_noise(n, (1, 8, 8), 1234).to(device)
+    ref = sample(load_teacher(paths.TEACHER).to(device), prompts, noise, steps).cpu()
+    out = sample(student.to(device), prompts, noise, steps).cpu()
     metrics = {"teacher_mse": torch.mean((out - ref) ** 2).item()}
     if (paths.CLASSIFIER / "config.json").exists():
         from fraqat.classifier import load_classifier, predict
@@ -165,7 +178,7 @@ def main() -> None:
     base = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.base)}
     jobs = [(n, m, o, s, base) for vs in args.set for n, m, o in VARIANT_SETS[vs]
             for s in args.seeds]
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:  # CUDA-safe
         rows = list(pool.map(run_one, jobs))
     summary = summarize(rows)
     print(f"{'variant':28s} {'n':>2s} {'held-out loss':>22s} {'MSE to teacher':>22s} "

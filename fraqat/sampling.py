@@ -27,7 +27,7 @@ def sample(model: TextToImage, prompts: Sequence[str], noise: torch.Tensor, step
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
         scheduler.set_timesteps(steps)
         for t in scheduler.timesteps:
-            tt = torch.full((x.shape[0],), float(t) / 1000.0)
+            tt = torch.full((x.shape[0],), float(t) / 1000.0, device=x.device)
             v = model.predict(x, tt, hidden, mask)
             x = scheduler.step(v, t, x).prev_sample
         out.append(x)

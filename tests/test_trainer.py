@@ -132,3 +132,17 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(project, monkeypatch):
     with pytest.raises(FraqatError, match="non-finite loss .* step 0"):
         trainer.fit()
     assert (folder / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_matches_cpu(project):
+    """``device: cuda`` trains the same run as the CPU (same batches, bits and init)."""
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    losses = {}
+    for device in ("cpu", "cuda"):
+        (project / "params.yaml").write_text(yaml.safe_dump({**p, "device": device}))
+        r = train(project, "qat", seed=5)
+        assert r.returncode == 0, r.stderr
+        losses[device] = read_json(project / paths.train_metrics("qat", 5))["final_target_loss"]
+    (project / "params.yaml").write_text(yaml.safe_dump(p))
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=0.05)
