@@ -32,4 +32,17 @@ for stage in prepare pretrain calibrate teacher; do "${PYTHON:-python3}" -m fraq
 # shellcheck disable=SC2086
 "${PYTHON:-python3}" benchmarks/schedule_sweep.py --set size --seeds ${SEEDS:-0 1 2} \
     --workers "${WORKERS:-6}" -S device="${DEVICE:-cuda}" ${SWEEP_ARGS:-} --json "$out"
-"${PYTHON:-python3}" -c "import json; d=json.load(open('$out')); d['teacher']=json.load(open('data/teacher/fraqat.json')); json.dump(d, open('$out','w'), indent=2)"
+"${PYTHON:-python3}" - "$out" "$width" "$layers" "$heads" <<'PY'
+import json
+import sys
+
+from fraqat.models import load_teacher
+
+out, width, layers, heads = sys.argv[1], *map(int, sys.argv[2:])
+d = json.load(open(out))
+d["teacher"] = {**json.load(open("data/teacher/fraqat.json")), "width": width, "layers": layers,
+                "heads": heads}
+d["label"] = f"width {width}, {layers} layers"
+d["params_count"] = sum(p.numel() for p in load_teacher("data/teacher").transformer.parameters())
+json.dump(d, open(out, "w"), indent=2)
+PY

@@ -7,18 +7,24 @@ DVC's run cache, and ``dvc exp show --json`` collects the results into
 
     python -m pipelines.ablation queue --grid quick   # add the cells to DVC's queue
     dvc queue start -j 1                              # run them (dvc queue status to watch)
-    python -m pipelines.ablation collect              # reports/ablation.md + .csv
+    python -m pipelines.ablation collect              # reports/ablation.{md,csv} + plots
+
+``collect`` also folds in the model-size sweeps run on the GPU machine
+(``benchmarks/results/model-size-*.json``, from ``benchmarks/model_size.sh``).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+
+from pipelines.ablation_report import cell_table, size_table, write_report
 
 # Every cell trains qat, fraqat and the control (qat with only FraQAT's steps at the target).
 BASE = {"methods": "[qat,fraqat,qat-target-steps]"}
@@ -49,10 +55,10 @@ GRIDS: dict[str, dict[str, dict[str, object]]] = {
         "w3-channel-final70": {"bits": 3, **CHANNEL, **FINAL70},
         "w2-final70": {"bits": 2, **FINAL70},
         "w2-channel-final70": {"bits": 2, **CHANNEL, **FINAL70},
-        "w4-channel-equal": {"bits": 4, **CHANNEL},
     },
 }
-METRICS = ("fid", "heldout_loss", "teacher_mse")
+TRACE_CELLS = ("w4-equal", "w4-final70", "w4-channel-final70", "w3-final70")
+TRACE_METHODS = ("qat", "fraqat", "qat-target-steps")
 
 
 def queue(grid: str, seeds: str) -> None:
@@ -76,8 +82,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def experiments(show: list[dict]) -> list[dict]:
-    """Rows (name, params, metrics) from ``dvc exp show --json`` (DVC 3 layout)."""
-    rows = []
+    """Finished rows (name, rev, params, metrics) from ``dvc exp show --json`` (DVC 3 layout).
+
+    A name queued again on a later commit replaces the older run: the newest one is kept.
+    """
+    rows: dict[str, dict] = {}
     for baseline in show:
         for exp in baseline.get("experiments") or []:
             state = (exp.get("executor") or {}).get("state", "success")
@@ -91,46 +100,31 @@ def experiments(show: list[dict]) -> list[dict]:
                 metrics = (data.get("metrics") or {}).get("reports/metrics.json", {})
                 if not metrics.get("data"):  # queued, running or failed: nothing measured
                     continue
-                rows.append({"name": exp.get("name") or rev.get("name") or rev.get("rev"),
-                             "params": _flatten(params),
-                             "metrics": metrics.get("data", {})})
-    return rows
+                name = exp.get("name") or rev.get("name") or rev.get("rev")
+                row = {"name": name, "rev": rev.get("rev", ""), "params": _flatten(params),
+                       "metrics": metrics["data"], "timestamp": data.get("timestamp") or ""}
+                if name not in rows or row["timestamp"] >= rows[name]["timestamp"]:
+                    rows[name] = row
+    return list(rows.values())
 
 
-def table(rows: list[dict]) -> pd.DataFrame:
-    records = []
-    for r in rows:
-        p, m = r["params"], r["metrics"]
-        rec = {"experiment": r["name"], "bits": p.get("bits"),
-               "granularity": p.get("quant.granularity"),
-               "final_fraction": p.get("schedule.final_fraction"),
-               "step": p.get("schedule.step"), "kind": p.get("schedule.fraqat_kind"),
-               "lr_restart": p.get("train.lr_restart_per_stage"), "steps": p.get("train.steps"),
-               "seeds": len(p.get("seeds") or [])}
-        for metric in METRICS:
-            qat, fra = m.get(f"{metric}.qat"), m.get(f"{metric}.fraqat")
-            rec[f"{metric}.qat"], rec[f"{metric}.fraqat"] = qat, fra
-            rec[f"{metric}.delta_pct"] = (100 * (fra - qat) / qat) if qat and fra else None
-        records.append(rec)
-    return pd.DataFrame(records).sort_values("experiment").reset_index(drop=True)
+def traces(rows: list[dict]) -> dict[str, dict[str, pd.DataFrame]]:
+    """Seed 0's training logs of a few cells, read from the experiments' git commits."""
+    out: dict[str, dict[str, pd.DataFrame]] = {}
+    for row in rows:
+        if row["name"] not in TRACE_CELLS:
+            continue
+        for method in TRACE_METHODS:
+            blob = subprocess.run(["git", "show", f"{row['rev']}:reports/train/{method}-s0.tsv"],
+                                  capture_output=True, text=True)
+            if blob.returncode == 0:
+                out.setdefault(row["name"], {})[method] = pd.read_csv(io.StringIO(blob.stdout),
+                                                                      sep="\t")
+    return dict(sorted(out.items(), key=lambda kv: TRACE_CELLS.index(kv[0])))
 
 
-def write_report(df: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out.with_suffix(".csv"), index=False)
-    wins = df[df["heldout_loss.delta_pct"] <= -4.0]
-    lines = ["# Ablation: FraQAT vs standard QAT across schedules (DVC experiments)", "",
-             "Each row is one `dvc exp run` (see `pipelines/ablation.py`); Δ% = (fraqat − qat) / "
-             "qat, negative means FraQAT is better. Held-out loss is the distillation loss at the "
-             "deployed bits; teacher MSE the sample MSE to the FP teacher from the same noise.",
-             "", df.to_markdown(index=False, floatfmt=".4g"), ""]
-    if len(wins):
-        lines.append("FraQAT beats standard QAT by ≥ 4 % on the held-out loss in: "
-                     + ", ".join(wins["experiment"]) + ".")
-    else:
-        lines.append("In no cell does FraQAT beat standard QAT by ≥ 4 % on the held-out "
-                     "distillation loss at equal budget.")
-    out.write_text("\n".join(lines) + "\n")
+def load_sweeps(pattern: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path().glob(pattern))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seeds", default="[0,1,2]")
     c = sub.add_parser("collect")
     c.add_argument("--out", type=Path, default=Path("reports/ablation.md"))
+    c.add_argument("--sweeps", default="benchmarks/results/model-size-*.json",
+                   help="glob of model-size sweep JSONs to fold in")
     args = ap.parse_args(argv)
     if args.cmd == "queue":
         queue(args.grid, args.seeds)
@@ -152,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         print("no finished experiments (run `dvc queue start` and wait for `dvc queue status`)",
               file=sys.stderr)
         return 1
-    write_report(table(rows), args.out)
-    print(f"wrote {args.out} and {args.out.with_suffix('.csv')} ({len(rows)} experiments)")
+    sweeps = load_sweeps(args.sweeps)
+    write_report(cell_table(rows), size_table(sweeps), traces(rows), args.out)
+    print(f"wrote {args.out}, {args.out.with_suffix('.csv')} and plots ({len(rows)} experiments, "
+          f"{len(sweeps)} model-size sweeps)")
     return 0
 
 

@@ -2,32 +2,88 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
-from pipelines.ablation import experiments, table, write_report
+from pipelines.ablation import experiments
+from pipelines.ablation_report import cell_table, findings, size_table, write_report
 
 
-def _exp(name: str, bits: int, qat: float, fraqat: float) -> dict:
-    metrics = {f"{m}.{k}": v for m in ("fid", "heldout_loss", "teacher_mse")
-               for k, v in (("qat", qat), ("fraqat", fraqat))}
-    data = {"params": {"params.yaml": {"data": {"bits": bits, "seeds": [0, 1],
-                                                "quant": {"granularity": "tensor"}}}},
-            "metrics": {"reports/metrics.json": {"data": metrics}}}
-    return {"name": name, "revs": [{"rev": "abc", "name": name, "data": data}]}
+def _metrics(qat: float, fraqat: float, ci: tuple[float, float]) -> dict:
+    out = {}
+    for metric in ("fid", "heldout_loss", "teacher_mse"):
+        out |= {f"{metric}.qat": qat, f"{metric}.fraqat": fraqat,
+                f"{metric}.qat-target-steps": qat * 1.5, f"{metric}_std.qat": qat / 50,
+                f"test.{metric}.delta_pct": 100 * (fraqat / qat - 1),
+                f"test.{metric}.ci_low_pct": ci[0], f"test.{metric}.ci_high_pct": ci[1],
+                f"test.{metric}.ttest_p": 0.01}
+    return out | {"probe.start.fraqat": 0.1, "probe.before_target.fraqat": 0.09,
+                  "probe.final.fraqat": fraqat}
 
 
-def test_rows_skip_unfinished_and_report_states_the_verdict(tmp_path):
+def _exp(name: str, bits: int, qat: float, fraqat: float, ci=(-1.0, 1.0), stamp="2026-11-25T10",
+         state: str | None = None) -> dict:
+    data = {"timestamp": stamp,
+            "params": {"params.yaml": {"data": {
+                "bits": bits, "seeds": [0, 1, 2], "quant": {"granularity": "tensor"},
+                "schedule": {"final_fraction": 0.7, "step": 0.5, "fraqat_kind": "fraqat"},
+                "train": {"steps": 400, "lr_restart_per_stage": False}}}},
+            "metrics": {"reports/metrics.json": {"data": _metrics(qat, fraqat, ci)}}}
+    exp = {"name": name, "revs": [{"rev": f"rev-{name}-{stamp}", "name": name, "data": data}]}
+    return exp | ({"executor": {"state": state}} if state else {})
+
+
+def test_rows_skip_unfinished_and_keep_the_newest_run_of_a_name():
     queued = {"name": "q", "revs": [{"rev": "def", "data": {"params": {}, "metrics": {}}}]}
-    running = {**_exp("r", 4, 0.010, 0.001), "executor": {"state": "running"}}
     show = [{"rev": "workspace", "experiments": None},
-            {"rev": "HEAD", "experiments": [_exp("w4", 4, 0.010, 0.012), queued, running,
+            {"rev": "old", "experiments": [_exp("w4", 4, 0.010, 0.030, stamp="2026-11-24")]},
+            {"rev": "HEAD", "experiments": [_exp("w4", 4, 0.010, 0.012), queued,
+                                            _exp("r", 4, 0.010, 0.001, state="running"),
                                             _exp("w3", 3, 0.050, 0.045)]}]
     rows = experiments(show)
-    assert [r["name"] for r in rows] == ["w4", "w3"]
-    df = table(rows)
-    assert df.loc[df.experiment == "w3", "heldout_loss.delta_pct"].item() == pytest.approx(-10.0)
-    assert df.loc[df.experiment == "w4", "granularity"].item() == "tensor"
-    out = tmp_path / "ablation.md"
-    write_report(df, out)
-    assert "beats standard QAT by ≥ 4 % on the held-out loss in: w3." in out.read_text()
-    assert (tmp_path / "ablation.csv").exists()
+    assert sorted(r["name"] for r in rows) == ["w3", "w4"]
+    cells = cell_table(rows).set_index("experiment")
+    assert cells.loc["w4", "heldout_loss.fraqat"] == 0.012  # the newer w4
+    assert cells.loc["w3", "heldout_loss.delta_pct"] == pytest.approx(-10.0)
+    assert cells.loc["w3", "control_delta_pct"] == pytest.approx(100 * (0.045 / 0.075 - 1))
+    assert cells.loc["w3", "schedule"] == "step 0.5, 70% at target"
+
+
+def _cells(*specs) -> pd.DataFrame:
+    return cell_table(experiments([{"rev": "HEAD", "experiments": [_exp(*s) for s in specs]}]))
+
+
+def test_findings_promote_only_a_significant_win_on_both_metrics():
+    lose = findings(_cells(("a", 4, 0.010, 0.012, (10.0, 30.0))), pd.DataFrame())
+    assert any("In no cell does FraQAT beat standard QAT by ≥ 4 %" in s for s in lose)
+    assert any("QAT significantly better in 1" in s for s in lose)
+    assert any("0.90–0.90× its value after the first step" in s for s in lose)
+    noisy = findings(_cells(("b", 4, 0.010, 0.009, (-20.0, 1.0))), pd.DataFrame())
+    assert any("but not significantly: no schedule is promoted" in s for s in noisy)
+    win = findings(_cells(("c", 4, 0.010, 0.009, (-15.0, -5.0))), pd.DataFrame())
+    assert any("significantly, in: `c`" in s for s in win)
+
+
+def test_size_table_pairs_variants_with_their_qat_by_seed():
+    runs = [{"variant": v, "seed": s, "heldout_loss": x, "teacher_mse": x / 2}
+            for v, xs in {"qat": (1.0, 2.0), "fraqat-final70": (1.1, 2.3),
+                          "qat-channel": (1.0, 1.0), "fraqat-channel-final70": (0.9, 0.8)}.items()
+            for s, x in enumerate(xs)]
+    sizes = size_table([{"label": "big", "params_count": 2e6, "runs": runs}]).set_index("variant")
+    assert sizes.loc["fraqat-final70", "reference"] == "qat"
+    assert sizes.loc["fraqat-final70", "heldout_loss.delta_pct"] == pytest.approx(
+        100 * (3.4 / 3.0 - 1))
+    assert sizes.loc["fraqat-channel-final70", "heldout_loss.delta_pct"] == pytest.approx(-15.0)
+    assert sizes.loc["fraqat-channel-final70", "params_m"] == 2.0
+
+
+def test_write_report_writes_markdown_csv_and_plots(tmp_path):
+    cells = _cells(("w4", 4, 0.010, 0.012, (10.0, 30.0)), ("w3", 3, 0.05, 0.06, (5.0, 35.0)))
+    traces = {"w4": {"qat": pd.DataFrame({"step": [0, 50], "target_loss": [0.1, 0.02]})}}
+    out = tmp_path / "reports" / "ablation.md"
+    write_report(cells, pd.DataFrame(), traces, out)
+    md = out.read_text()
+    assert "## Finding" in md and "| `w4` | 4 | tensor |" in md and "+20.0% [+10.0, +30.0]" in md
+    assert pd.read_csv(out.with_suffix(".csv"))["experiment"].tolist() == ["w3", "w4"]
+    for name in ("ablation_deltas.png", "ablation_probes.png"):
+        assert (tmp_path / "reports" / "plots" / name).read_bytes()[:4] == b"\x89PNG"
