@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
+
+from fraqat.stages.report import seed_interval_pct  # noqa: E402
 
 SENSITIVE = {"heldout_loss": "held-out loss", "teacher_mse": "teacher MSE"}
 CONTROL = "qat-target-steps"
@@ -78,11 +79,7 @@ def size_table(sweeps: list[dict]) -> pd.DataFrame:
                     index="seed", columns="variant", values=metric).dropna()
                 a, b = pair[variant].to_numpy(float), pair[ref].to_numpy(float)
                 rec[f"{metric}.delta_pct"] = 100 * (a.mean() / b.mean() - 1)
-                lo = hi = math.nan
-                if len(a) >= 2:
-                    d = a - b
-                    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-                    lo, hi = (100 * (d.mean() + k * half) / b.mean() for k in (-1, 1))
+                lo, hi = seed_interval_pct(a, b) if len(a) >= 2 else (math.nan, math.nan)
                 rec[f"{metric}.ci_low_pct"], rec[f"{metric}.ci_high_pct"] = lo, hi
                 rec[f"{metric}.seeds"] = len(a)
             records.append(rec)
