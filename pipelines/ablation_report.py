@@ -144,17 +144,36 @@ def findings(cells: pd.DataFrame, sizes: pd.DataFrame) -> list[str]:
     why = cells.dropna(subset=["probe.before_target", "probe.start"])
     if len(why):
         ratio = why["probe.before_target"] / why["probe.start"]
+        reading = ("training at b > target barely moves the weights toward a good low-bit "
+                   "solution, so those steps are lost to the target stage" if ratio.median() > 0.8
+                   else "the high-bit stages do prepare the weights for the target grid")
         out.append(f"- Why: the held-out loss *measured at the target bits* at the end of the "
                    f"high-bit stages is {ratio.min():.2f}–{ratio.max():.2f}× its value after "
-                   f"the first step (median {ratio.median():.2f}×, {len(why)} cells): training "
-                   "at b > target barely moves the weights toward a good low-bit solution, so "
-                   "those steps are lost to the target stage.")
+                   f"the first step (median {ratio.median():.2f}×, {len(why)} cells): {reading}.")
+    for axis, name in (("steps", "Budget"), ("bits", "Target bits")):
+        for line in trend(cells, axis):
+            out.append(f"- {name} ({line}).")
     if len(sizes):
         parts = [f"{r['teacher']} ({r['params_m']:.1f} M) {_delta(r, 'heldout_loss')}"
                  for r in sizes[sizes["variant"] == "fraqat-final70"].to_dict("records")]
         out.append("- Model size (GPU sweeps, `fraqat-final70` vs `qat`, held-out loss Δ% "
                    "[95% CI]): " + "; ".join(parts) + ".")
     return out
+
+
+def trend(cells: pd.DataFrame, axis: str) -> list[str]:
+    """Held-out Δ% along one axis, for each setting of the others with ≥ 2 values on it."""
+    others = [c for c in ("bits", "granularity", "schedule", "steps") if c != axis]
+    lines = []
+    for key, g in cells.groupby(others, sort=False):
+        if g[axis].nunique() < 2:
+            continue
+        g = g.sort_values(axis)
+        where = ", ".join(f"{k} {v:g}" if isinstance(v, float) else str(v)
+                          for k, v in zip(others, key, strict=True))
+        lines.append(where + ": held-out loss Δ% " + ", ".join(
+            f"{r[axis]:g} → {r['heldout_loss.delta_pct']:+.1f}%" for _, r in g.iterrows()))
+    return lines
 
 
 def plot_deltas(cells: pd.DataFrame, path: Path) -> None:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipelines.ablation import experiments
-from pipelines.ablation_report import cell_table, findings, size_table, write_report
+from pipelines.ablation_report import cell_table, findings, size_table, trend, write_report
 
 
 def _metrics(qat: float, fraqat: float, ci: tuple[float, float]) -> dict:
@@ -87,3 +87,10 @@ def test_write_report_writes_markdown_csv_and_plots(tmp_path):
     assert pd.read_csv(out.with_suffix(".csv"))["experiment"].tolist() == ["w3", "w4"]
     for name in ("ablation_deltas.png", "ablation_probes.png"):
         assert (tmp_path / "reports" / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_trend_reads_one_axis_with_the_others_fixed():
+    cells = _cells(("w4", 4, 0.010, 0.012), ("w3", 3, 0.05, 0.055), ("w2", 2, 0.3, 0.3))
+    assert trend(cells, "bits") == ["tensor, step 0.5, 70% at target, steps 400: held-out loss "
+                                    "Δ% 2 → +0.0%, 3 → +10.0%, 4 → +20.0%"]
+    assert trend(cells, "steps") == []  # one budget only
