@@ -13,6 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from fraqat.errors import ParamsError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -40,10 +42,12 @@ def init_from_env() -> bool:
 def resolve_device(name: str) -> torch.device:
     """``cpu`` | ``cuda`` | ``auto`` (CUDA when visible); under torchrun, this rank's GPU."""
     if name not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"device={name!r} is not allowed (allowed: cpu, cuda, auto)")
+        raise ParamsError(f"params.yaml: device: {name!r} is not allowed "
+                          "(allowed: cpu, cuda, auto)")
     cuda = torch.cuda.is_available()
     if name == "cuda" and not cuda:
-        raise ValueError("device='cuda' but no CUDA GPU is visible (allowed here: cpu, auto)")
+        raise ParamsError("params.yaml: device: 'cuda' but no CUDA GPU is visible "
+                          "(allowed here: cpu, auto)")
     if name == "cpu" or not cuda:
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

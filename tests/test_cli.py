@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fraqat.cli import app
@@ -55,6 +56,16 @@ def test_bad_method(command: str) -> None:
     assert result.exit_code == 2
     line = one_line(result.stderr)
     assert "'nope'" in line and "(allowed:" in line and "fraqat" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_gpu_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text().replace("device: cpu", "device: cuda", 1))
+    result = runner.invoke(app, ["pretrain", "--params", str(path)])
+    assert result.exit_code == 2
+    assert one_line(result.stderr) == ("params.yaml: device: 'cuda' but no CUDA GPU is visible "
+                                       "(allowed here: cpu, auto)")
 
 
 def test_real_process_bad_params(bad_params: Path) -> None:

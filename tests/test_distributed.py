@@ -59,8 +59,5 @@ def test_resolve_device():
     assert distributed.resolve_device("cpu") == torch.device("cpu")
     assert distributed.resolve_device("auto").type == ("cuda" if torch.cuda.is_available()
                                                        else "cpu")
-    with pytest.raises(ValueError, match="device='tpu' is not allowed"):
+    with pytest.raises(ValueError, match="device: 'tpu' is not allowed"):
         distributed.resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
-            distributed.resolve_device("cuda")

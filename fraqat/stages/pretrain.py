@@ -35,11 +35,10 @@ def run(params: Params) -> None:
     if params.model != "tiny-sana":
         raise FraqatError(f"model={params.model!r}: pretrain builds only the embedded default; "
                           "real models are loaded from model_path")
-    p = params.pretrain
+    p, device = params.pretrain, distributed.resolve_device(params.device)
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
     train = load_split("train")
-    device = distributed.resolve_device(params.device)
     model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS, p.patch_size).to(device)
     prompts = [prompt_for(y) for y in train.labels]
     opt = torch.optim.AdamW(list(model.parameters()), lr=p.lr, weight_decay=0.01)
