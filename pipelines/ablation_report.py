@@ -114,11 +114,12 @@ def findings(cells: pd.DataFrame, sizes: pd.DataFrame) -> list[str]:
                    f"{v.get('qat better', 0)}, FraQAT significantly better in "
                    f"{v.get('fraqat better', 0)}, no significant difference in "
                    f"{v.get('no significant difference', 0)} (95 % interval over seeds).")
-    best = cells.loc[cells["heldout_loss.delta_pct"].idxmin()]
-    worst = cells.loc[cells["heldout_loss.delta_pct"].idxmax()]
-    out.append(f"- FraQAT's best cell is `{best['experiment']}` (held-out loss "
-               f"{_delta(best, 'heldout_loss')}, teacher MSE {_delta(best, 'teacher_mse')}); its "
-               f"worst `{worst['experiment']}` ({_delta(worst, 'heldout_loss')}).")
+    if cells["heldout_loss.delta_pct"].notna().any():
+        best = cells.loc[cells["heldout_loss.delta_pct"].idxmin()]
+        worst = cells.loc[cells["heldout_loss.delta_pct"].idxmax()]
+        out.append(f"- FraQAT's best cell is `{best['experiment']}` (held-out loss "
+                   f"{_delta(best, 'heldout_loss')}, teacher MSE {_delta(best, 'teacher_mse')}); "
+                   f"its worst `{worst['experiment']}` ({_delta(worst, 'heldout_loss')}).")
     wins = cells[(cells["heldout_loss.delta_pct"] <= -WIN_PCT)
                  & (cells["teacher_mse.delta_pct"] <= -WIN_PCT)]
     sig = wins[(wins["heldout_loss.ci_high_pct"] < 0) & (wins["teacher_mse.ci_high_pct"] < 0)]
