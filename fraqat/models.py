@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fraqat.errors import FraqatError
+from fraqat.families import Family, family_of_transformer, predict
 from fraqat.text_encoder import PromptEncoder
 
 
@@ -122,31 +123,45 @@ def dummy_inputs(transformer: nn.Module, batch: int = 2, seq: int = 4,
 
 @dataclass
 class TextToImage:
-    """A transformer + prompt encoder predicting flow-matching velocities."""
+    """A transformer + its prompt conditioning, predicting in the family's convention.
+
+    ``encoder`` encodes prompts (the embedded default's learned encoder); a real pipeline's
+    text encoders run once in ``calibrate``, so its model carries ``prompt_table``, the
+    encoded calibration prompts in the family's ``cond_keys`` order, instead.
+    """
 
     transformer: nn.Module
-    encoder: PromptEncoder
+    encoder: PromptEncoder | None
     sample_shape: tuple[int, int, int]
+    prompt_table: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def family(self) -> Family:
+        return family_of_transformer(self.transformer)
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder is None:
+            raise FraqatError("this model has no prompt encoder: its prompts are encoded by "
+                              "the pipeline in `calibrate` (use prompt_table)")
         return self.encoder.encode(prompts)
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        """Velocity at noisy sample ``x`` and time ``t`` (B,) in [0, 1]."""
-        kwargs = dict(hidden_states=x, encoder_hidden_states=hidden, timestep=t * 1000.0,
-                      encoder_attention_mask=mask)
-        if type(self.transformer).__name__ == "PixArtTransformer2DModel":
-            kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
-        return self.transformer(**kwargs).sample
+    def prompt_conditioning(self, prompts: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        """Per-prompt conditioning rows that training indexes by prompt label."""
+        return self.prompt_table if self.prompt_table is not None else self.encode(prompts)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        """Velocity (or noise, for PixArt) at noisy latents ``x`` and time ``t`` (B,) in [0, 1]."""
+        return predict(self.family, self.transformer, x, t, cond)
 
     def parameters(self):
         yield from self.transformer.parameters()
-        yield from self.encoder.parameters()
+        if self.encoder is not None:
+            yield from self.encoder.parameters()
 
     def train(self, mode: bool = True) -> TextToImage:
         self.transformer.train(mode)
-        self.encoder.train(mode)
+        if self.encoder is not None:
+            self.encoder.train(mode)
         return self
 
     def eval(self) -> TextToImage:
@@ -154,7 +169,10 @@ class TextToImage:
 
     def to(self, device: torch.device | str) -> TextToImage:
         self.transformer.to(device)
-        self.encoder.to(device)
+        if self.encoder is not None:
+            self.encoder.to(device)
+        if self.prompt_table is not None:
+            self.prompt_table = tuple(c.to(device) for c in self.prompt_table)
         return self
 
     def save_pretrained(self, folder: str | Path, meta: dict | None = None) -> None:
