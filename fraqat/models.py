@@ -193,14 +193,40 @@ def build_tiny_sana(width: int, layers: int, heads: int, prompts: Sequence[str],
 
 
 def load_teacher(folder: str | Path) -> TextToImage:
-    """Load the FP teacher written by ``fraqat pretrain`` (``data/teacher``)."""
+    """Load the FP teacher written by ``fraqat pretrain`` (``data/teacher``).
+
+    For a real model that folder only points at the pipeline (``model_path``): its transformer
+    loads from there and its prompt conditioning from the calibration set, where ``calibrate``
+    encoded the prompts once with the pipeline's text encoders.
+    """
     from diffusers import SanaTransformer2DModel
 
     folder = Path(folder)
     if not (folder / "fraqat.json").exists():
         raise FraqatError(f"no teacher at {folder} (run `dvc repro pretrain` first)")
     info = json.loads((folder / "fraqat.json").read_text())
+    if "model_path" in info:
+        return load_pipeline_teacher(info["model"], info["model_path"])
     transformer = SanaTransformer2DModel.from_pretrained(folder / "transformer")
     encoder = PromptEncoder.from_pretrained(folder / "prompt_encoder")
     model = TextToImage(transformer, encoder, tuple(info["sample_shape"]))
     return model.eval()
+
+
+def load_pipeline_teacher(model: str, model_path: str,
+                          calibration: str | Path | None = None) -> TextToImage:
+    """A real pipeline's FP transformer with the encoded calibration prompts (no encoders)."""
+    from safetensors import safe_open
+
+    from fraqat import paths
+
+    calibration = Path(calibration or paths.CALIBRATION)
+    if not calibration.exists():
+        raise FraqatError(f"no calibration set at {calibration} (run `dvc repro calibrate` "
+                          "first: it encodes the prompts)")
+    transformer = load_transformer(model, model_path)
+    keys = family_of_transformer(transformer).cond_keys
+    with safe_open(str(calibration), "pt") as f:
+        table = tuple(f.get_tensor(f"cond.{k}") for k in keys)
+        shape = tuple(f.get_slice("x_t").get_shape()[1:])
+    return TextToImage(transformer, None, shape, prompt_table=table).eval()

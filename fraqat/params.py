@@ -43,6 +43,9 @@ class PretrainParams(_Strict):
 
 
 class CalibrationParams(_Strict):
+    """``num_samples`` (x_t, t) points; for a real pipeline, taken along its own sampling
+    trajectories (``eval.steps`` points per prompt and noise draw)."""
+
     num_samples: int = Field(2048, ge=1)
     seed: int = Field(0, ge=0)
 
@@ -77,6 +80,7 @@ class TrainParams(_Strict):
     warmup_steps: int = Field(0, ge=0)
     probe_every: int = Field(50, ge=1)
     probe_samples: int = Field(256, ge=1)
+    gradient_checkpointing: bool = False  # real models: recompute activations in backward
 
 
 class EvalParams(_Strict):
@@ -87,6 +91,9 @@ class EvalParams(_Strict):
     feature_space: Literal["classifier", "inception"] = "classifier"
     inception_path: str | None = None
     classifier_steps: int = Field(1500, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)  # real pipelines: null = its default
+    reference_path: str | None = None  # folder of real images for FID (null: the FP images)
+    clip_path: str | None = None       # local CLIP model folder for the CLIP score
 
 
 class ExportParams(_Strict):
@@ -102,6 +109,8 @@ class Params(_Strict):
     model: Literal[MODELS] = "tiny-sana"  # type: ignore[valid-type]
     model_path: str | None = None
     allow_download: bool = False
+    prompts_path: str | None = None  # real models: one prompt per line (null: packaged list)
+    resolution: int = Field(1024, ge=16, le=4096, multiple_of=16)  # real models: pixels
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     methods: list[Literal[TRAINED_METHODS]] = [  # type: ignore[valid-type]
         "ptq", "qat", "fraqat", "int-progressive"]  # the control is opt-in (the ablation)

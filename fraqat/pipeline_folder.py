@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fraqat.errors import ParamsError
 from fraqat.families import Family, family_of_class
+from fraqat.io import atomic_path
 from fraqat.models import REGISTRY, transformer_class
 
 DEFAULT_PROMPTS = "default_prompts.txt"  # in the package: varied subjects, written in-project
@@ -85,3 +86,14 @@ def load_pipeline(model: str, model_path: str | None, allow_download: bool = Fal
     transformer_class(model)  # the registry's class must exist in this diffusers
     cls = getattr(diffusers, family.pipeline_cls)
     return cls.from_pretrained(folder, local_files_only=not allow_download)
+
+
+def write_pipeline_pointer(folder: str | Path, model: str, model_path: str | None) -> None:
+    """``data/teacher`` of a real model: which pipeline folder holds the FP teacher."""
+    from fraqat.io import write_json
+
+    source = pipeline_dir(model, model_path).resolve()
+    with atomic_path(folder) as out:
+        out.mkdir()
+        write_json(out / "fraqat.json", {"model": model, "model_path": str(source),
+                                         "family": model_family(model).name})

@@ -1,8 +1,10 @@
 """A trained quantized model on disk: ``data/runs/<method>-s<seed>/``.
 
 ``model.safetensors`` holds the transformer's state dict (weights + activation quantizer
-state), ``quant.json`` the :class:`~fraqat.modules.QuantConfig` and the deployed weight bits.
-The prompt encoder is the teacher's (it is not quantized), so a run loads on top of the teacher.
+state), ``quant.json`` the :class:`~fraqat.modules.QuantConfig` and the deployed weight bits,
+``config.json`` the diffusers config of the transformer. The prompt encoder is the teacher's
+(it is not quantized), so a run loads on top of the teacher; the transformer alone loads in
+one call, :func:`load_quantized_transformer`, and swaps into its diffusers pipeline.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from fraqat.errors import FraqatError
@@ -21,7 +24,7 @@ from fraqat.modules import QuantConfig, quantize_model, set_weight_bits
 def quantized_copy(teacher: TextToImage, config: QuantConfig) -> TextToImage:
     """A deep copy of ``teacher`` with its transformer swapped to quantized layers."""
     transformer = quantize_model(copy.deepcopy(teacher.transformer), config)
-    return TextToImage(transformer, teacher.encoder, teacher.sample_shape)
+    return TextToImage(transformer, teacher.encoder, teacher.sample_shape, teacher.prompt_table)
 
 
 def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: dict) -> None:
@@ -30,6 +33,7 @@ def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: 
         state = {k: v.detach().contiguous() for k, v in model.transformer.state_dict().items()}
         save_file(state, str(out / "model.safetensors"))
         write_json(out / "quant.json", {"config": config.to_dict(), **meta})
+        model.transformer.save_config(out)  # config.json: the architecture, for one-call load
 
 
 def load_run(folder: str | Path, teacher_dir: str | Path) -> TextToImage:
@@ -43,3 +47,28 @@ def load_run(folder: str | Path, teacher_dir: str | Path) -> TextToImage:
     model.transformer.load_state_dict(load_file(str(folder / "model.safetensors")))
     set_weight_bits(model.transformer, config.weight_bits)
     return model.eval()
+
+
+def load_quantized_transformer(folder: str | Path) -> torch.nn.Module:
+    """The trained quantized transformer of a run folder, at its deployed bits, in one call.
+
+    Built from the folder alone (``config.json`` -> diffusers class -> quantized layers ->
+    trained state), so it drops into the family's pipeline::
+
+        pipe = SanaPipeline.from_pretrained(model_path, transformer=load_quantized_transformer(
+            "data/runs/fraqat-s0"))
+    """
+    import diffusers
+
+    folder = Path(folder)
+    for name in ("config.json", "quant.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise FraqatError(f"no {name} in {folder} (allowed: a run folder written by "
+                              "`fraqat train`, data/runs/<method>-s<seed>)")
+    arch = read_json(folder / "config.json")
+    cls = getattr(diffusers, arch["_class_name"])
+    config = QuantConfig(**read_json(folder / "quant.json")["config"])
+    transformer = quantize_model(cls.from_config(arch), config)
+    transformer.load_state_dict(load_file(str(folder / "model.safetensors")))
+    set_weight_bits(transformer, config.weight_bits)
+    return transformer.eval()

@@ -58,22 +58,79 @@ def initial_latents(pipe, family: Family, shape: tuple[int, int, int], seeds: Se
 
 
 @torch.no_grad()
-def trajectory_points(pipe, family: Family, prompts: Sequence[str], seeds: Sequence[int],
-                      resolution: int, steps: int, guidance: float | None,
-                      batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """x (N, C, h, w), t (N,), prompt (N,) index into ``prompts``: ``steps`` points for each
-    (prompt, seed) pair, seed ``seeds[i]`` for prompt ``i``."""
+def trajectory_points(pipe, family: Family, prompts: Sequence[str], prompt_ids: Sequence[int],
+                      seeds: Sequence[int], resolution: int, steps: int,
+                      guidance: float | None, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """``steps`` points (x_t (N, C, h, w), t (N,), labels (N,)) of each trajectory k: prompt
+    ``prompts[prompt_ids[k]]`` from the noise of ``seeds[k]``."""
     shape = latent_shape(pipe, family, resolution)
     opts = call_options(family, resolution, steps, guidance)
     xs, ts, idx = [], [], []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="trajectories", unit="batch"):
-        batch = list(prompts[i : i + batch_size])
+    for i in tqdm(range(0, len(seeds), batch_size), desc="trajectories", unit="batch"):
+        ids = [int(j) for j in prompt_ids[i : i + batch_size]]
         latents = initial_latents(pipe, family, shape, seeds[i : i + batch_size])
         with recorded_calls(pipe.transformer) as calls:
-            pipe(batch, latents=latents, output_type="latent", **opts)
+            pipe([prompts[j] for j in ids], latents=latents, output_type="latent", **opts)
         for call in calls:
-            hidden = call["hidden_states"][-len(batch):]
+            hidden = call["hidden_states"][-len(ids):]
             xs.append(to_unpacked(family, hidden, shape).float())
-            ts.append(t_of_timestep(family, pipe.transformer, call["timestep"][-len(batch):]))
-            idx.append(torch.arange(i, i + len(batch)))
+            ts.append(t_of_timestep(family, pipe.transformer, call["timestep"][-len(ids):]))
+            idx.append(torch.tensor(ids))
     return {"x_t": torch.cat(xs), "t": torch.cat(ts), "labels": torch.cat(idx)}
+
+
+def draw(pipe, family: Family, prompts: Sequence[str], n: int, seed: int, resolution: int,
+         steps: int, guidance: float | None) -> dict[str, torch.Tensor]:
+    """``n`` trajectory points: ceil(n / steps) trajectories over the prompts in turn, noise
+    seed ``seed + k`` for trajectory k, then a seeded subset of exactly ``n`` points."""
+    trajectories = -(-n // steps)
+    ids = [k % len(prompts) for k in range(trajectories)]
+    seeds = [seed + k for k in range(trajectories)]
+    points = trajectory_points(pipe, family, prompts, ids, seeds, resolution, steps, guidance)
+    keep = torch.randperm(len(points["t"]), generator=torch.Generator().manual_seed(seed))[:n]
+    keep = keep.sort().values
+    return {k: v[keep] for k, v in points.items()}
+
+
+PROBE_STREAM = 1_000_003  # probe trajectories' noise seeds start this far from the training ones
+
+
+def calibration_set(pipe, family: Family, prompts: Sequence[str], num_samples: int,
+                    probe_samples: int, seed: int, resolution: int, steps: int,
+                    guidance: float | None) -> dict[str, torch.Tensor]:
+    """Training points, held-out probe points (other noise, same prompts) and the encoded
+    prompts (``cond.<key>``), all in one file."""
+    from fraqat.families import encode_prompts
+
+    train = draw(pipe, family, prompts, num_samples, seed * 2 * PROBE_STREAM, resolution,
+                 steps, guidance)
+    probe = draw(pipe, family, prompts, probe_samples, seed * 2 * PROBE_STREAM + PROBE_STREAM,
+                 resolution, steps, guidance)
+    cond = encode_prompts(pipe, family, prompts, guidance)
+    return {**train, **{f"probe_{k}": v for k, v in probe.items()},
+            **{f"cond.{k}": v for k, v in zip(family.cond_keys, cond, strict=True)}}
+
+
+@torch.no_grad()
+def predict_points(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                   batch_size: int = 64) -> torch.Tensor:
+    """``model``'s predictions at stored points, conditioned on its prompt table by label."""
+    table = model.prompt_conditioning([])
+    device = next(model.transformer.parameters()).device
+    out = []
+    for i in tqdm(range(0, len(t), batch_size), desc="predict", unit="batch", mininterval=2):
+        sl = slice(i, i + batch_size)
+        lab = labels[sl].to(table[0].device)
+        out.append(model.predict(x_t[sl].to(device), t[sl].to(device),
+                                 *(c[lab] for c in table)).float().cpu())
+    return torch.cat(out)
+
+
+def distill_sets(calib: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]):
+    """(training, probe) :class:`~fraqat.trainer.DistillData` of a real pipeline's cache."""
+    from fraqat.trainer import DistillData
+
+    train = DistillData(calib["x_t"], calib["t"], calib["labels"], outputs["v"].float())
+    probe = DistillData(calib["probe_x_t"], calib["probe_t"], calib["probe_labels"],
+                        outputs["probe_v"].float())
+    return train, probe

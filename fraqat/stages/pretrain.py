@@ -19,6 +19,7 @@ from fraqat.flow import cosine_lr, noisy, sample_times, velocity
 from fraqat.io import atomic_path, load_tensors
 from fraqat.models import build_tiny_sana
 from fraqat.params import Params
+from fraqat.pipeline_folder import write_pipeline_pointer
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,9 @@ def load_split(name: str) -> ImageSet:
 
 
 def run(params: Params) -> None:
-    if params.model != "tiny-sana":
-        raise FraqatError(f"model={params.model!r}: pretrain builds only the embedded default; "
-                          "real models are loaded from model_path")
+    if params.model != "tiny-sana":  # a real model is pretrained: point at its pipeline
+        write_pipeline_pointer(paths.TEACHER, params.model, params.model_path)
+        return
     p, device = params.pretrain, distributed.resolve_device(params.device)
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)

@@ -377,7 +377,8 @@ def sample_rows(params: Params) -> list[tuple[str, torch.Tensor]]:
             if p.exists():
                 rows.append((f"{method} s{seed}", load_tensors(p)["samples"]))
                 break
-    noise = seeded_noise(params.eval.num_images, (1, 8, 8), params.eval.seed)
+    shape = tuple(rows[0][1].shape[1:]) if rows else (1, 8, 8)  # a real pipeline: RGB
+    noise = seeded_noise(params.eval.num_images, shape, params.eval.seed)
     return rows + [(NOISE, noise)]
 
 

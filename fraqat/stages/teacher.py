@@ -12,10 +12,12 @@ import torch
 
 from fraqat import paths
 from fraqat.data import prompt_for
+from fraqat.distributed import resolve_device
 from fraqat.errors import FraqatError
 from fraqat.io import load_tensors, save_tensors
 from fraqat.models import TextToImage, load_teacher
 from fraqat.params import Params
+from fraqat.trajectory import predict_points
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,14 @@ def predict_all(model: TextToImage, calib: dict[str, torch.Tensor],
 def run(params: Params) -> None:
     model = load_teacher(paths.TEACHER)
     calib = load_calibration()
+    if params.model != "tiny-sana":  # a real pipeline: bf16 cache of training + probe points
+        model.to(resolve_device(params.device))
+        v = predict_points(model, calib["x_t"], calib["t"], calib["labels"])
+        probe_v = predict_points(model, calib["probe_x_t"], calib["probe_t"],
+                                 calib["probe_labels"])
+        save_tensors(paths.TEACHER_OUTPUTS, {"v": v.bfloat16(), "probe_v": probe_v.bfloat16()})
+        log.info("teacher outputs: %s (bf16) -> %s", tuple(v.shape), paths.TEACHER_OUTPUTS)
+        return
     v = predict_all(model, calib)
     save_tensors(paths.TEACHER_OUTPUTS, {"v": v})
     log.info("teacher outputs: %s -> %s", tuple(v.shape), paths.TEACHER_OUTPUTS)

@@ -29,6 +29,7 @@ from fraqat.schedule import make_schedule, steps_at_target
 from fraqat.stages.pretrain import load_split
 from fraqat.stages.teacher import load_calibration, predict_all
 from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
+from fraqat.trajectory import distill_sets
 
 log = logging.getLogger(__name__)
 SCHEDULE_OF = {"qat": "constant", "qat-target-steps": "constant",
@@ -76,11 +77,17 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
     device = distributed.resolve_device(params.device)
     teacher = load_teacher(paths.TEACHER)
     t = params.train
-    probe = probe_data(teacher, t.probe_samples).to(device)  # before the shared encoder moves
-    data = distill_data().to(device)
+    if params.model == "tiny-sana":
+        probe = probe_data(teacher, t.probe_samples).to(device)  # before the encoder moves
+        data = distill_data().to(device)
+    else:  # a real pipeline: both sets come from the cache, no text encoder or VAE loads
+        data, probe = (d.to(device) for d in distill_sets(
+            load_calibration(), load_tensors(paths.TEACHER_OUTPUTS)))
     schedule = build_schedule(params, method)
     student = quantized_copy(teacher, quant_config(params)).to(device)
     set_weight_bits(student.transformer, params.bits if method == "ptq" else schedule.bits_at(0))
+    if t.gradient_checkpointing:
+        student.transformer.enable_gradient_checkpointing()
     n_calib = calibrate(student, data)
     log.info("%s seed %d: %d quantized layers, activations calibrated on %d batches",
              method, seed, len(layer_report(student.transformer)), n_calib)
