@@ -207,3 +207,14 @@ def encode_prompts(pipe, family: Family, prompts: Sequence[str],
                                            max_sequence_length=defaults["max_sequence_length"])
     g = guidance_scale(pipe, guidance)
     return embeds.float(), pooled.float(), torch.full((len(prompts),), g)
+
+
+def batched_inputs(family: Family, transformer: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                   cond: Sequence[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The call as tensors batched on dim 0, in the order the HTP export traces (Sana's:
+    hidden_states, encoder_hidden_states, timestep, encoder_attention_mask); None for the
+    families whose call the export does not trace yet (SD3's pooled projections, FLUX's
+    unbatched position ids, PixArt's micro-condition dict)."""
+    if family.name != "sana":
+        return None
+    return call_kwargs(family, transformer, x, t, cond)

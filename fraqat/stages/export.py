@@ -22,6 +22,7 @@ import torch
 from fraqat import htp_export, paths
 from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
+from fraqat.families import batched_inputs
 from fraqat.io import atomic_path, read_json, write_json
 from fraqat.models import TextToImage
 from fraqat.params import Params
@@ -45,6 +46,26 @@ def transformer_inputs(model: TextToImage, calib: dict[str, torch.Tensor],
             "timestep": calib["t"][:n] * 1000.0, "encoder_attention_mask": mask}
 
 
+def pipeline_inputs(model: TextToImage, calib: dict[str, torch.Tensor],
+                    n: int) -> dict[str, torch.Tensor] | None:
+    """A real pipeline's first ``n`` calibration points as batched transformer kwargs."""
+    if n > len(calib["t"]):
+        raise FraqatError(f"export.num_check_samples={n} exceeds the {len(calib['t'])} "
+                          "calibration samples (allowed: 1 to the calibration set size)")
+    labels = calib["labels"][:n]
+    return batched_inputs(model.family, model.transformer, calib["x_t"][:n], calib["t"][:n],
+                          tuple(c[labels] for c in model.prompt_conditioning([])))
+
+
+def skip(params: Params, reason: str) -> None:
+    """No export for this model: say why in the manifest and the report (both written)."""
+    with atomic_path(paths.EXPORT) as out:
+        out.mkdir()
+        write_json(out / "manifest.json", {"model": params.model, "skipped": reason})
+    write_json(paths.EXPORT_REPORT, {"model": params.model, "passed": None, "skipped": reason})
+    log.warning("export skipped: %s", reason)
+
+
 def manifest(params: Params, run_info: dict, result: htp_export.ExportResult,
              sizes: dict, onnx_bytes: int, inputs: dict[str, torch.Tensor]) -> dict:
     cfg = run_info.get("config", {})
@@ -66,7 +87,13 @@ def run(params: Params) -> None:
     e = params.export
     run_dir = paths.run_dir(e.method, params.seeds[0])
     model = load_run(run_dir, paths.TEACHER)
-    inputs = transformer_inputs(model, load_calibration(), e.num_check_samples)
+    calib = load_calibration()
+    if params.model == "tiny-sana":
+        inputs = transformer_inputs(model, calib, e.num_check_samples)
+    elif (inputs := pipeline_inputs(model, calib, e.num_check_samples)) is None:
+        skip(params, f"the {model.family.name} transformer's call is not exported yet "
+             "(allowed: the sana family and the embedded default)")
+        return
     example = {k: v[:EXAMPLE_BATCH] for k, v in inputs.items()}
     start = time.perf_counter()
     with atomic_path(paths.EXPORT) as out:

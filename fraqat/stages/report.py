@@ -434,9 +434,11 @@ def run(params: Params) -> None:
     md = ["# FraQAT vs standard QAT: comparison", "",
           f"Setting: W{params.bits:g}A{params.act_bits:g}, seeds {params.seeds}, "
           f"{int(first['num_images'])} samples per model, {first['feature_space']} feature "
-          "space (FID to the held-out real digits). Mean ± sample std over seeds; teacher "
-          "PSNR/MSE against the fp samples from the same prompts and noise; held-out "
-          "distillation loss = velocity MSE to the teacher on fixed noised held-out images.",
+          f"space (FID to {first.get('fid_reference') or 'the held-out real digits'}). Mean ± "
+          "sample std over seeds; teacher PSNR/MSE against the fp samples from the same "
+          "prompts and noise; held-out distillation loss = velocity MSE to the teacher on "
+          + ("fixed noised held-out images." if params.model == "tiny-sana" else
+             f"{params.model}'s own sampling trajectories from held-out noise draws."),
           "", markdown_table(table), "", "## fraqat vs qat", "",
           "Paired over seeds: `scipy.stats.ttest_rel` (when ≥ 2 seeds) and a hierarchical "
           f"paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of seeds, then of items within "
