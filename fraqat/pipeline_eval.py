@@ -98,3 +98,40 @@ def load_reference_images(folder: str | Path, resolution: int) -> torch.Tensor:
 def require_file(path: str | None, key: str, what: str) -> None:
     if path is not None and not Path(path).exists():
         raise FraqatError(f"{key}={path!r} does not exist (allowed: {what}, or null)")
+
+
+def clip_scorer(path: str | Path):
+    """Per-image CLIP score, 100 * max(cos(image, prompt), 0) (Hessel et al. 2021, the
+    definition torchmetrics' ``CLIPScore`` uses), from a local ``transformers`` CLIP folder.
+
+    Computed with ``CLIPModel`` directly: torchmetrics 1.9.0's ``CLIPScore`` fails on
+    transformers 5 (``get_image_features`` now returns an output object, not a tensor).
+    """
+    from transformers import CLIPModel, CLIPProcessor
+
+    if not Path(path).is_dir():
+        raise FraqatError(f"eval.clip_path={str(path)!r} is not a folder (allowed: a local "
+                          "transformers CLIP model + processor folder, or null)")
+    try:
+        model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+        processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FraqatError(f"eval.clip_path={str(path)!r} holds no CLIP model and processor "
+                          f"({exc.__class__.__name__})") from None
+
+    @torch.no_grad()
+    def score(images: torch.Tensor, prompts: Sequence[str], batch_size: int = 32
+              ) -> torch.Tensor:
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            pixels = ((images[i : i + batch_size].clamp(-1, 1) + 1) * 127.5).round()
+            inputs = processor(text=list(prompts[i : i + batch_size]),
+                               images=list(pixels.to(torch.uint8)), return_tensors="pt",
+                               padding=True, truncation=True)
+            res = model(**inputs)
+            img = torch.nn.functional.normalize(res.image_embeds, dim=-1)
+            txt = torch.nn.functional.normalize(res.text_embeds, dim=-1)
+            out.append(100.0 * (img * txt).sum(-1).clamp(min=0))
+        return torch.cat(out)
+
+    return score

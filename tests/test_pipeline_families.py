@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fraqat.cli import app
-from tests.tiny_pipelines import MODEL_OF
+from tests.tiny_pipelines import MODEL_OF, save_tiny_clip
 
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "pipeline-tiny.yaml"
 TABLE_ROWS = ["fp", "ptq", "qat", "fraqat", "noise"]
@@ -89,9 +89,18 @@ def test_stages_end_to_end(family, tiny_pipeline_dir, tmp_path, monkeypatch):
     from fraqat.params import parse_params
 
     monkeypatch.chdir(tmp_path)
-    params = parse_params(profile(family, tiny_pipeline_dir(family)))
+    raw = profile(family, tiny_pipeline_dir(family))
+    if family == "pixart":  # the CLIP score, from a local random-weight CLIP
+        raw["eval"]["clip_path"] = str(save_tiny_clip(tmp_path / "clip"))
+    params = parse_params(raw)
     run_stages(tmp_path, params)
     check_results(tmp_path, family)
+    scores = [json.loads((tmp_path / f"reports/eval/{m}-s0.json").read_text())["clip_score"]
+              for m in ("fp", "ptq", "qat", "fraqat")]
+    if family == "pixart":
+        assert all(0 <= s <= 100 for s in scores), scores
+    else:
+        assert scores == [None] * 4
 
 
 # --- bad input: one line, exit 2, nothing written ----------------------------------------------

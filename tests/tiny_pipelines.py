@@ -154,3 +154,21 @@ def save_tiny_pipeline(family: str, folder: Path, seed: int = 0) -> Path:
     pipe = BUILDERS[family]()
     pipe.save_pretrained(folder)
     return folder
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A random-weight ``CLIPModel`` + ``CLIPProcessor`` at 32 px (for the CLIP score)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=16, pad_token_id=0,
+                bos_token_id=2, eos_token_id=3)
+    vision = dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
+                  num_hidden_layers=1, num_attention_heads=2)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+              ).save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                     crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer(16, bos_eos=True)).save_pretrained(folder)
+    return folder

@@ -11,7 +11,8 @@ the per-item held-out squared errors so that ``fraqat report`` can bootstrap ove
 
 A real pipeline (:mod:`fraqat.pipeline_eval`) generates with its own ``__call__``, the
 transformer swapped; FID against ``eval.reference_path`` or the FP pipeline's images;
-prompt accuracy has no digit classifier to read it (null); the held-out loss is taken on the
+prompt accuracy has no digit classifier to read it (null), the CLIP score from
+``eval.clip_path`` stands in (null without it); the held-out loss is taken on the
 calibration set's probe points (other noise draws) against the cached bf16 teacher outputs.
 Its samples are stored in float16 (1024-px images are 12 MB each in float32), and its metrics
 use those same rounded values.
@@ -38,9 +39,9 @@ from fraqat.io import load_tensors, read_json, save_tensors, write_json
 from fraqat.models import TextToImage, load_teacher
 from fraqat.modules import quant_layers
 from fraqat.params import EvalParams, Params
+from fraqat.pipeline_eval import clip_scorer, image_features, load_reference_images
 from fraqat.pipeline_eval import eval_prompts as pipeline_prompts
 from fraqat.pipeline_eval import generate as pipeline_generate
-from fraqat.pipeline_eval import image_features, load_reference_images
 from fraqat.pipeline_folder import load_pipeline, model_family, read_prompts
 from fraqat.runs import load_quantized_transformer, load_run
 from fraqat.sampling import sample, seeded_noise
@@ -214,6 +215,7 @@ def run_pipeline(params: Params, method: str, seed: int) -> None:
     reference_fp = None if method == "fp" else load_fp_reference(e)  # fail early
     features, feature_label = image_features(e.feature_space, paths.CLASSIFIER,
                                              e.inception_path)
+    clip = clip_scorer(e.clip_path) if e.clip_path else None
     pipe = load_pipeline(params.model, params.model_path, params.allow_download)
     family, prompts = model_family(params.model), read_prompts(params.prompts_path)
     if method == "fp":
@@ -248,7 +250,8 @@ def run_pipeline(params: Params, method: str, seed: int) -> None:
 
     def scores(x: torch.Tensor) -> dict:
         return {"fid": frechet(Stats.of(features(x.clamp(-1, 1))), real_stats),
-                "prompt_accuracy": None}
+                "prompt_accuracy": None,
+                "clip_score": float(clip(x, eval_ps).mean()) if clip else None}
 
     fid_reference = "real images" if e.reference_path else "fp pipeline images"
     common = {"feature_space": feature_label, "fid_reference": fid_reference,
