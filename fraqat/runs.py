@@ -24,7 +24,8 @@ from fraqat.modules import QuantConfig, quantize_model, set_weight_bits
 def quantized_copy(teacher: TextToImage, config: QuantConfig) -> TextToImage:
     """A deep copy of ``teacher`` with its transformer swapped to quantized layers."""
     transformer = quantize_model(copy.deepcopy(teacher.transformer), config)
-    return TextToImage(transformer, teacher.encoder, teacher.sample_shape, teacher.prompt_table)
+    return TextToImage(transformer, teacher.encoder, teacher.sample_shape, teacher.prompt_table,
+                       teacher.bf16_autocast)
 
 
 def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: dict) -> None:

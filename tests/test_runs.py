@@ -38,9 +38,11 @@ def test_saved_run_swaps_into_the_pipeline(tiny_pipeline_dir, tmp_path):
     want = _images(pipe)
 
     save_run(tmp_path / "run", TextToImage(student, None, (4, 16, 16)), config, {"method": "x"})
-    loaded = load_quantized_transformer(tmp_path / "run")
-    pipe.transformer = loaded
-    torch.testing.assert_close(_images(pipe), want, rtol=0, atol=0)
+    loaded = load_quantized_transformer(tmp_path / "run")  # as the README shows it
+    from diffusers import SanaPipeline
+
+    swapped = SanaPipeline.from_pretrained(tiny_pipeline_dir("sana"), transformer=loaded)
+    torch.testing.assert_close(_images(swapped), want, rtol=0, atol=0)
     pipe.transformer = fp
     assert not torch.equal(_images(pipe), want)  # the quantized model is what generated
 
