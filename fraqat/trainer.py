@@ -29,6 +29,7 @@ from fraqat.checkpoint import load_checkpoint, save_checkpoint
 from fraqat.data import PROMPTS
 from fraqat.errors import FraqatError
 from fraqat.flow import cosine_lr
+from fraqat.io import atomic_path
 from fraqat.models import TextToImage
 from fraqat.modules import calibrate_activations, set_weight_bits, weight_bits
 from fraqat.schedule import Schedule
@@ -78,8 +79,9 @@ class DistillData:
         return len(self.t)
 
     def to(self, device: torch.device | str) -> DistillData:
-        return DistillData(*(None if getattr(self, f.name) is None
-                             else getattr(self, f.name).to(device) for f in fields(self)))
+        target = None if self.target_v is None else self.target_v.to(device)
+        return DistillData(self.x_t.to(device), self.t.to(device), self.labels.to(device),
+                           self.teacher_v.to(device), target)
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -164,13 +166,10 @@ class Trainer:
         return state["step"]
 
     def write_log(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.log_path.with_suffix(".tsv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.log_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, LOG_COLUMNS, delimiter="\t", lineterminator="\n")
             w.writeheader()
             w.writerows(self.rows)
-        tmp.replace(self.log_path)
 
     def fit(self) -> dict:
         """Train ``cfg.steps`` steps (resuming if a checkpoint matches); 0 steps is PTQ.

@@ -223,12 +223,10 @@ def compare(evals: pd.DataFrame, metric: str) -> dict | None:
            "ttest_t": None, "ttest_p": None, "ci_pct": None, "bootstrap": None}
     if (test := paired_ttest(fra, qat)) is not None:
         out["ttest_t"], out["ttest_p"], out["ci_pct"] = test["t"], test["p"], test["ci_pct"]
-    items = [(per_item_values(CANDIDATE, s, metric), per_item_values(BASELINE, s, metric))
-             for s in seeds]
-    if all(f is not None and q is not None and len(f) == len(q) for f, q in items) and \
-            len({len(f) for f, _ in items}) == 1:
-        out["bootstrap"] = paired_bootstrap(np.stack([f for f, _ in items]),
-                                            np.stack([q for _, q in items]))
+    fras = [f for s in seeds if (f := per_item_values(CANDIDATE, s, metric)) is not None]
+    qats = [q for s in seeds if (q := per_item_values(BASELINE, s, metric)) is not None]
+    if len(fras) == len(qats) == len(seeds) and len({len(x) for x in fras + qats}) == 1:
+        out["bootstrap"] = paired_bootstrap(np.stack(fras), np.stack(qats))
     return out
 
 
