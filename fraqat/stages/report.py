@@ -21,6 +21,7 @@ from fraqat.errors import FraqatError
 from fraqat.flow import seeded_noise
 from fraqat.io import atomic_path, load_tensors, read_json, write_json, write_text
 from fraqat.params import Params
+from fraqat.probes import PROBE_POINTS, probe_markdown, probe_summary
 from fraqat.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap, paired_ttest
 from fraqat.tables import fmt as _fmt
 from fraqat.tables import isnan as _isnan
@@ -149,41 +150,6 @@ def markdown_table(table: pd.DataFrame) -> str:
                      _fmt(r.heldout_loss_mean, 3, r.heldout_loss_std), _fmt(r.model_size_mb, 3),
                      _fmt(r.train_wall_s, 1), str(r.n_seeds)])
     return md_table(head, rows)
-
-
-# ----------------------------------------------------------------------------- why
-
-PROBE_POINTS = {"start": "after step 0", "before_target": "end of the high-bit stages",
-                "final": "end"}
-
-
-def probe_summary(logs: dict[tuple[str, int], pd.DataFrame], target_bits: float) -> pd.DataFrame:
-    """The held-out loss measured at the target bits at three points, mean over seeds.
-
-    ``start`` (after the first step), ``before_target`` (last probe while training above the
-    target: progressive methods only) and ``final``. If the high-bit stages moved the weights
-    toward a good low-bit solution, ``before_target`` is well below ``start``.
-    """
-    rows = []
-    for (method, seed), df in logs.items():
-        probes = df.dropna(subset=["target_loss"]) if "target_loss" in df else df.iloc[:0]
-        if probes.empty:
-            continue
-        high = probes[probes["bits"] != target_bits]
-        rows.append({"method": method, "seed": seed, "start": probes["target_loss"].iloc[0],
-                     "before_target": (high["target_loss"].iloc[-1]
-                                       if 0 < len(high) < len(probes) else float("nan")),
-                     "final": probes["target_loss"].iloc[-1]})
-    if not rows:
-        return pd.DataFrame(columns=["method", *PROBE_POINTS])
-    return pd.DataFrame(rows).groupby("method", sort=False)[list(PROBE_POINTS)].mean() \
-        .reset_index()
-
-
-def probe_markdown(probes: pd.DataFrame, bits: float) -> str:
-    head = ["method", *(f"loss at W{bits:g}, {label}" for label in PROBE_POINTS.values())]
-    return md_table(head, [[r["method"], *(_fmt(r[p], 3) for p in PROBE_POINTS)]
-                           for r in probes.to_dict("records")])
 
 
 # ----------------------------------------------------------------------------- statistics
