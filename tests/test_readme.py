@@ -27,3 +27,13 @@ def test_render_replaces_a_stale_block(tmp_path):
 
 def test_section_stops_at_the_next_heading():
     assert section("## A\nbody\n## B\nrest", "A") == "body"
+
+
+def test_the_layout_tree_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    tree = readme[readme.index("## Development"):]
+    tree = tree[:tree.index("```", tree.index("```") + 3)]
+    files = [*ROOT.glob("fraqat/*.py"), *ROOT.glob("pipelines/*.py"), *ROOT.glob("benchmarks/*.py")]
+    missing = sorted(str(f.relative_to(ROOT)) for f in files
+                     if f.name != "__init__.py" and f.name not in tree)
+    assert not missing, f"README's layout tree does not mention {missing}"
