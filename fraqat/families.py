@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -71,6 +72,11 @@ def family_of_class(cls_name: str) -> Family:
             return family
     raise FraqatError(f"class {cls_name} is not a known family (allowed: "
                       f"{', '.join(f.pipeline_cls for f in FAMILIES.values())})")
+
+
+def config(transformer: nn.Module) -> Any:
+    """A diffusers model's frozen config (typed loosely: its keys differ per class)."""
+    return cast(Any, transformer).config
 
 
 # --- latents ---------------------------------------------------------------------------------
@@ -120,11 +126,11 @@ def to_unpacked(family: Family, hidden_states: torch.Tensor, shape: tuple[int, i
 def t_of_timestep(family: Family, transformer: nn.Module, timestep: torch.Tensor
                   ) -> torch.Tensor:
     """The pipeline's ``timestep`` argument of the transformer, as t in [0, 1]."""
-    timestep = timestep.float()
+    timestep, cfg = timestep.float(), config(transformer)
     if family.name == "flux":
         return timestep
     if family.name == "sana":
-        return timestep / (1000.0 * float(transformer.config.timestep_scale))
+        return timestep / (1000.0 * float(cfg.timestep_scale))
     return timestep / 1000.0
 
 
@@ -133,7 +139,7 @@ def t_of_timestep(family: Family, transformer: nn.Module, timestep: torch.Tensor
 def call_kwargs(family: Family, transformer: nn.Module, x: torch.Tensor, t: torch.Tensor,
                 cond: Sequence[torch.Tensor]) -> dict:
     """The family's forward kwargs for latents ``x`` (B, C, h, w), t (B,) in [0, 1]."""
-    cfg = transformer.config
+    cfg = config(transformer)
     if family.name == "flux":
         embeds, pooled, guidance = cond
         h, w = x.shape[-2:]

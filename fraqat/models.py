@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
 from fraqat.families import Family, family_of_transformer, predict
 from fraqat.text_encoder import PromptEncoder
@@ -180,7 +181,8 @@ class TextToImage:
     def save_pretrained(self, folder: str | Path, meta: dict | None = None) -> None:
         folder = Path(folder)
         self.transformer.save_pretrained(folder / "transformer")
-        self.encoder.save_pretrained(folder / "prompt_encoder")
+        if self.encoder is not None:
+            self.encoder.save_pretrained(folder / "prompt_encoder")
         info = {"sample_shape": list(self.sample_shape), **(meta or {})}
         (folder / "fraqat.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
@@ -215,6 +217,17 @@ def load_teacher(folder: str | Path) -> TextToImage:
     return model.eval()
 
 
+def write_pipeline_pointer(folder: str | Path, model: str, model_path: str) -> None:
+    """``data/teacher`` of a real model: which pipeline folder holds the FP teacher (the
+    folder itself was checked by :func:`fraqat.pipeline_folder.check_inputs`)."""
+    from fraqat.io import atomic_path, write_json
+
+    with atomic_path(folder) as out:
+        out.mkdir()
+        write_json(out / "fraqat.json", {"model": model,
+                                         "model_path": str(Path(model_path).resolve())})
+
+
 def load_pipeline_teacher(model: str, model_path: str,
                           calibration: str | Path | None = None) -> TextToImage:
     """A real pipeline's FP transformer with the encoded calibration prompts (no encoders)."""
@@ -232,3 +245,15 @@ def load_pipeline_teacher(model: str, model_path: str,
         table = tuple(f.get_tensor(f"cond.{k}") for k in keys)
         shape = tuple(f.get_slice("x_t").get_shape()[1:])
     return TextToImage(transformer, None, shape, prompt_table=table).eval()
+
+
+@torch.no_grad()
+def predict_all(model: TextToImage, calib: dict[str, torch.Tensor],
+                batch_size: int = 512) -> torch.Tensor:
+    """The model's velocity on every calibration point (x_t, t, prompt label), batched."""
+    out = []
+    for i in range(0, len(calib["t"]), batch_size):
+        sl = slice(i, i + batch_size)
+        hidden, mask = model.encode([prompt_for(y) for y in calib["labels"][sl]])
+        out.append(model.predict(calib["x_t"][sl], calib["t"][sl], hidden, mask))
+    return torch.cat(out)

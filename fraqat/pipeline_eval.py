@@ -90,7 +90,8 @@ def load_reference_images(folder: str | Path, resolution: int) -> torch.Tensor:
                           f"files (allowed: a folder of >= 2 {'/'.join(IMAGE_SUFFIXES)} files)")
     out = []
     for f in files:
-        img = Image.open(f).convert("RGB").resize((resolution, resolution), Image.BICUBIC)
+        img = Image.open(f).convert("RGB").resize((resolution, resolution),
+                                                  Image.Resampling.BICUBIC)
         out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
     return torch.stack(out).float() / 127.5 - 1.0
 

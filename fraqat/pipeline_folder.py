@@ -10,15 +10,12 @@ and exit code 2, leaving earlier outputs as they were. Only ``model_index.json``
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
+from fraqat.default_prompts import PROMPTS
 from fraqat.errors import ParamsError
 from fraqat.families import Family, family_of_class
-from fraqat.io import atomic_path
 from fraqat.models import REGISTRY, transformer_class
-
-DEFAULT_PROMPTS = "default_prompts.txt"  # in the package: varied subjects, written in-project
 
 
 def model_family(model: str) -> Family:
@@ -29,10 +26,10 @@ def model_family(model: str) -> Family:
 
 
 def read_prompts(path: str | None) -> list[str]:
-    """One prompt per non-blank line of ``path``; the packaged default list when unset."""
+    """One prompt per non-blank line of ``path``; :data:`fraqat.default_prompts.PROMPTS` when
+    unset."""
     if path is None:
-        text = resources.files("fraqat").joinpath(DEFAULT_PROMPTS).read_text()
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return list(PROMPTS)
     p = Path(path)
     if not p.is_file():
         raise ParamsError(f"params.yaml: prompts_path: {path!r} is not a file "
@@ -87,13 +84,3 @@ def load_pipeline(model: str, model_path: str | None, allow_download: bool = Fal
     cls = getattr(diffusers, family.pipeline_cls)
     return cls.from_pretrained(folder, local_files_only=not allow_download)
 
-
-def write_pipeline_pointer(folder: str | Path, model: str, model_path: str | None) -> None:
-    """``data/teacher`` of a real model: which pipeline folder holds the FP teacher."""
-    from fraqat.io import write_json
-
-    source = pipeline_dir(model, model_path).resolve()
-    with atomic_path(folder) as out:
-        out.mkdir()
-        write_json(out / "fraqat.json", {"model": model, "model_path": str(source),
-                                         "family": model_family(model).name})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,7 +35,7 @@ def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: 
         state = {k: v.detach().contiguous() for k, v in model.transformer.state_dict().items()}
         save_file(state, str(out / "model.safetensors"))
         write_json(out / "quant.json", {"config": config.to_dict(), **meta})
-        model.transformer.save_config(out)  # config.json: the architecture, for one-call load
+        cast(Any, model.transformer).save_config(out)  # config.json: the architecture
 
 
 def load_run(folder: str | Path, teacher_dir: str | Path) -> TextToImage:

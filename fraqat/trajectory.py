@@ -125,12 +125,3 @@ def predict_points(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tens
                                  *(c[lab] for c in table)).float().cpu())
     return torch.cat(out)
 
-
-def distill_sets(calib: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]):
-    """(training, probe) :class:`~fraqat.trainer.DistillData` of a real pipeline's cache."""
-    from fraqat.trainer import DistillData
-
-    train = DistillData(calib["x_t"], calib["t"], calib["labels"], outputs["v"].float())
-    probe = DistillData(calib["probe_x_t"], calib["probe_t"], calib["probe_labels"],
-                        outputs["probe_v"].float())
-    return train, probe

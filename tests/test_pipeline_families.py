@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from _tiny_repo import env_for, git, make_tiny_repo
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fraqat.cli import app
+from tests.tiny import env_for, git, make_tiny_repo
 from tests.tiny_pipelines import MODEL_OF, save_tiny_clip
 
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "pipeline-tiny.yaml"
@@ -140,3 +140,24 @@ def test_bad_input_stops_with_one_line(case, tiny_pipeline_dir, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == \
         ["calibration.safetensors", "params.yaml"] + (["prompts.txt"] if case ==
                                                         "empty-prompts" else [])
+
+
+def test_pipeline_profile_has_the_keys_of_params_yaml():
+    from fraqat.params import load_params
+
+    def keys(d: dict, pre: str = "") -> set[str]:
+        return {pre + k for k in d} | {x for k, v in d.items() if isinstance(v, dict)
+                                       for x in keys(v, f"{pre}{k}.")}
+
+    root = PROFILE.parents[1]
+    assert load_params(PROFILE).resolution == 32
+    assert keys(yaml.safe_load(PROFILE.read_text())) == \
+        keys(yaml.safe_load((root / "params.yaml").read_text()))
+
+
+def test_default_prompts_are_varied():
+    from fraqat.pipeline_folder import read_prompts
+
+    prompts = read_prompts(None)
+    assert len(prompts) == len(set(prompts)) >= 16
+    assert len({p.split()[1] for p in prompts}) >= 16  # different subjects, not one template

@@ -17,11 +17,11 @@ import logging
 import torch
 
 from fraqat import paths
+from fraqat.artifacts import load_split
 from fraqat.flow import noisy
 from fraqat.io import save_tensors
 from fraqat.params import Params
 from fraqat.pipeline_folder import load_pipeline, model_family, read_prompts
-from fraqat.stages.pretrain import load_split
 from fraqat.trajectory import calibration_set
 
 log = logging.getLogger(__name__)

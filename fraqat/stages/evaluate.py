@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from fraqat import paths
+from fraqat.artifacts import load_split
 from fraqat.classifier import load_classifier, predict, single_thread
 from fraqat.data import ImageSet, prompt_for
 from fraqat.errors import FraqatError
@@ -45,7 +46,6 @@ from fraqat.pipeline_eval import generate as pipeline_generate
 from fraqat.pipeline_folder import load_pipeline, model_family, read_prompts
 from fraqat.runs import load_quantized_transformer, load_run
 from fraqat.sampling import sample, seeded_noise
-from fraqat.stages.pretrain import load_split
 from fraqat.trajectory import predict_points
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,8 @@ def run_pipeline(params: Params, method: str, seed: int) -> None:
     reference = load_reference_images(e.reference_path, params.resolution) \
         if e.reference_path else reference_fp
     real_stats = Stats.of(features(reference))
-    model = TextToImage(transformer, None, tuple(calib["x_t"].shape[1:]),
+    c, h, w = calib["x_t"].shape[1:]
+    model = TextToImage(transformer, None, (c, h, w),
                         prompt_table=tuple(calib[f"cond.{k}"] for k in family.cond_keys))
     if method == "fp":  # the teacher against itself
         sq_err = torch.zeros(len(calib["probe_t"]))

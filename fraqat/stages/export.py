@@ -20,6 +20,7 @@ import onnxruntime
 import torch
 
 from fraqat import htp_export, paths
+from fraqat.artifacts import load_calibration
 from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
 from fraqat.families import batched_inputs
@@ -27,7 +28,6 @@ from fraqat.io import atomic_path, read_json, write_json
 from fraqat.models import TextToImage
 from fraqat.params import Params
 from fraqat.runs import load_run
-from fraqat.stages.teacher import load_calibration
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ def run(params: Params) -> None:
     run_dir = paths.run_dir(e.method, params.seeds[0])
     model = load_run(run_dir, paths.TEACHER)
     calib = load_calibration()
+    inputs: dict[str, torch.Tensor] | None = None
     if params.model == "tiny-sana":
         inputs = transformer_inputs(model, calib, e.num_check_samples)
     elif (inputs := pipeline_inputs(model, calib, e.num_check_samples)) is None:

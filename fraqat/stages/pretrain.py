@@ -13,28 +13,20 @@ import torch
 from tqdm import tqdm
 
 from fraqat import distributed, paths
-from fraqat.data import PROMPTS, ImageSet, prompt_for
-from fraqat.errors import FraqatError
+from fraqat.artifacts import load_split
+from fraqat.data import PROMPTS, prompt_for
 from fraqat.flow import cosine_lr, noisy, sample_times, velocity
-from fraqat.io import atomic_path, load_tensors
-from fraqat.models import build_tiny_sana
+from fraqat.io import atomic_path
+from fraqat.models import build_tiny_sana, write_pipeline_pointer
 from fraqat.params import Params
-from fraqat.pipeline_folder import write_pipeline_pointer
 
 log = logging.getLogger(__name__)
 
 
-def load_split(name: str) -> ImageSet:
-    path = paths.DATASET / f"{name}.safetensors"
-    if not path.exists():
-        raise FraqatError(f"no dataset at {path} (run `dvc repro prepare` first)")
-    t = load_tensors(path)
-    return ImageSet(t["images"], t["labels"])
-
 
 def run(params: Params) -> None:
     if params.model != "tiny-sana":  # a real model is pretrained: point at its pipeline
-        write_pipeline_pointer(paths.TEACHER, params.model, params.model_path)
+        write_pipeline_pointer(paths.TEACHER, params.model, str(params.model_path))
         return
     p, device = params.pretrain, distributed.resolve_device(params.device)
     torch.manual_seed(p.seed)
