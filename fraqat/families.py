@@ -5,22 +5,14 @@ One place for what differs between the four families the paper quantizes; everyt
 in [0, 1] (the scheduler's timestep / 1000) and a tuple of per-prompt conditioning tensors in
 the family's ``cond_keys`` order.
 
-=========  =================================  =====================================  ==========
-family     conditioning (``cond_keys``)        transformer call                       timestep
-=========  =================================  =====================================  ==========
-sana       prompt_embeds, prompt_attention_    encoder_attention_mask                 1000 t s
-           mask                                                                       (s = config
-                                                                                      .timestep_scale)
-pixart     prompt_embeds, prompt_attention_    encoder_attention_mask, added_cond_    1000 t
-           mask                                kwargs (no micro-conditions in Σ);
-                                               learned-sigma half of the output
-                                               dropped
-sd3        prompt_embeds, pooled_prompt_       pooled_projections                     1000 t
-           embeds
-flux       prompt_embeds, pooled_prompt_       2x2-packed latents, txt_ids (zeros),   t
-           embeds, guidance                    img_ids (row, col), guidance when the
-                                               config has ``guidance_embeds``
-=========  =================================  =====================================  ==========
+What each family's transformer takes besides ``hidden_states`` and ``encoder_hidden_states``:
+
+* sana:   ``encoder_attention_mask``; timestep = 1000 t * ``config.timestep_scale``.
+* pixart: ``encoder_attention_mask``, ``added_cond_kwargs`` (no micro-conditions in Σ);
+  timestep = 1000 t; the learned-sigma half of the output is dropped, as its pipeline does.
+* sd3:    ``pooled_projections``; timestep = 1000 t.
+* flux:   ``pooled_projections``, 2x2-packed latents, ``txt_ids`` (zeros), ``img_ids``
+  (0, row, col), ``guidance`` where the config has ``guidance_embeds``; timestep = t.
 """
 
 from __future__ import annotations
