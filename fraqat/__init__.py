@@ -1,7 +1,7 @@
 """fraqat: Quantization Aware Training with Fractional bits for diffusion models."""
 
 from fraqat.modules import QuantConfig, quantize_model, set_weight_bits
-from fraqat.quant import fake_quantize
+from fraqat.ops import fake_quantize
 from fraqat.schedule import make_schedule
 
 __all__ = ["QuantConfig", "fake_quantize", "make_schedule", "quantize_model", "set_weight_bits"]
