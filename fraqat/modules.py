@@ -86,8 +86,9 @@ class _QuantMixin:
     def weight_bits(self, bits: float | None) -> None:
         self._weight_bits = bits
         self._quantize_weight = bits is not None  # the only bits-dependent branch in forward
-        if bits is not None:
+        if bits is not None and self.effective_bits != getattr(self, "_grid_bits", None):
             self.weight_grid.copy_(grid_tensor(self.effective_bits, self.symmetric))
+            self._grid_bits = self.effective_bits
 
     @property
     def effective_bits(self) -> float | None:
@@ -160,6 +161,16 @@ def quant_layers(model: nn.Module) -> Iterator[tuple[str, _QuantMixin]]:
     for name, mod in model.named_modules():
         if isinstance(mod, _QuantMixin):
             yield name, mod
+
+
+def forward_signature(layers: Iterable[_QuantMixin]) -> tuple[bool, ...]:
+    """The host-side state that decides which kernels the layers launch (not their values,
+    which live in tensors): a captured CUDA graph is valid while this stays the same."""
+    sig = []
+    for layer in layers:
+        q = layer.input_quantizer
+        sig += [layer._quantize_weight, q.bits is not None and q._ready and not q.observing]
+    return tuple(sig)
 
 
 def set_weight_bits(model: nn.Module, bits: float | None) -> None:

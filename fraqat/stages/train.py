@@ -88,7 +88,7 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
                       checkpoint_every=t.checkpoint_every, seed=seed,
                       lr_schedule=t.lr_schedule, lr_restart_per_stage=t.lr_restart_per_stage,
                       flow_matching_weight=t.flow_matching_weight, probe_every=t.probe_every,
-                      warmup=t.warmup_steps,
+                      warmup=t.warmup_steps, cuda_graphs=t.cuda_graphs, autocast=t.autocast,
                       fingerprint=fingerprint({"params": params.model_dump(), "method": method,
                                                "seed": seed}))
     trainer = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe)
