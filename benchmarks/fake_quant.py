@@ -11,12 +11,15 @@ write y (fwd), plus read dy and write dx (f+b); "% copy" divides by the measured
 tensor needs a second read of x for the global abs-max: its bound is 2/3 of copy (fwd) and
 4/5 (f+b), reported as "% bound". Each number is the median of ``--repeats`` repeats of
 ``--reps`` calls, with the spread (min-max of the repeat medians); "exact" compares values
-and gradients with the CPU reference.
+and gradients with the CPU reference. Kernel times are CUDA-graph replays of 10 calls (the
+GPU work alone, as the trainer's default CUDA-graph step runs it); "eager f+b ms" is one
+eager call, host launch work included.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +33,29 @@ from fraqat.quant import QParams, compute_qparams, fake_quantize
 BOUND = {"tensor": {"fwd": 2 / 3, "f+b": 4 / 5}}  # of copy: the extra read of x
 
 
+GRAPH_CALLS = 10
+
+
 def _repeat(fn: Callable[[], object], repeats: int, reps: int) -> dict:
-    return spread([time_ms(fn, warmup=2, reps=reps) for _ in range(repeats)])
+    """Per-call kernel time: replays of a CUDA graph of ``GRAPH_CALLS`` calls (host clock and
+    plain calls on the CPU)."""
+    if not torch.cuda.is_available():
+        return spread([time_ms(fn, warmup=2, reps=reps) for _ in range(repeats)])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_CALLS):
+            fn()
+    res = spread([[t / GRAPH_CALLS for t in time_ms(graph.replay, warmup=2, reps=reps)]
+                  for _ in range(repeats)])
+    del graph
+    torch.cuda.empty_cache()
+    return res
 
 
 def _exact(fq: Callable, x: torch.Tensor, g: torch.Tensor, gran: str, bits: float) -> str:
@@ -74,6 +98,8 @@ def bench_dtype(dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
             row["fwd"] = _repeat(lambda fq=fq: fq(x), args.repeats, args.reps)
             row["f+b"] = _repeat(lambda fq=fq: torch.autograd.grad(fq(x), x, g),
                                  args.repeats, args.reps)
+            row["eager_fb_ms"] = statistics.median(
+                time_ms(lambda fq=fq: torch.autograd.grad(fq(x), x, g), reps=args.reps))
         for mode, tensors in (("fwd", 2), ("f+b", 4)):
             s = row[mode]
             row[f"{mode}_gbs"] = tensors * nbytes / s["median"] / 1e6
@@ -126,7 +152,7 @@ def table(res: dict) -> str:
              f"fake-quant {res['size']}x{res['size']} at {res['bits']:g} bits: % of copy, "
              f"median [spread over {res['repeats']} repeats]",
              f"{'dtype':9}{'gran.':9}{'path':24}{'fwd ms':>8}{'fwd %copy':>17}{'f+b ms':>8}"
-             f"{'f+b %copy':>17}{'%bound':>13}  exact"]
+             f"{'f+b %copy':>17}{'%bound':>13}{'eager f+b':>10}  exact"]
     for r in res["rows"]:
         fb = r.get("f+b", {}).get("median")
         bound = (f"{r['fwd_pct_bound']:5.0f} /{r['f+b_pct_bound']:5.0f}"
@@ -134,7 +160,8 @@ def table(res: dict) -> str:
         lines.append(f"{r['dtype']:9}{r['granularity']:9}{r['path']:24}"
                      f"{r['fwd']['median']:8.3f}{_pct(r, 'fwd')}"
                      f"{'-' if fb is None else format(fb, '8.3f'):>8}{_pct(r, 'f+b')}"
-                     f"{bound:>13}  {r.get('exact', '-')}")
+                     f"{bound:>13}{r.get('eager_fb_ms', float('nan')):10.3f}"
+                     f"  {r.get('exact', '-')}")
     lines += ["", "host time per forward+backward call on a 64x64 tensor (eager launch cost)"]
     lines += [f"  {r['case']:44}{r['us_per_fwd_bwd']:8.1f} us" for r in res["host_overhead"]]
     return "\n".join(lines)

@@ -15,6 +15,10 @@ export PYTHONUNBUFFERED=1
     tests/test_train_step.py 2>&1 | tail -25
   echo "== kernel bandwidth"
   timeout 150 python -m benchmarks.fake_quant --json "$out/fake_quant.json" 2>&1 | tail -40
+  echo "== Nsight Compute: kernel time and DRAM throughput (% of peak), 8192x8192"
+  timeout 120 ncu --clock-control none -k regex:_kernel --metrics \
+    gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
+    python -m benchmarks.ncu_kernels 2>&1 | grep -E "_kernel|duration|dram__" | tail -60
   for mode in ${modes//,/ }; do
     echo "== trainer step, $mode"
     timeout 300 python -m benchmarks.train_step --modes "$mode" --json "$out/sana_$mode.json" \

@@ -122,10 +122,9 @@ def fake_quant(x: torch.Tensor, grid: torch.Tensor, granularity: str, group_size
                symmetric: bool, out_dtype: torch.dtype):
     """``fraqat::fake_quant``: ``(y, scale, zero_point, clamped)`` or None (unsupported)."""
     plan = _plan(tuple(x.shape), granularity, group_size) if _usable(x) else None
-    if plan is None:
+    if plan is None or grid.device != x.device:
         return None
     dev = x.device
-    grid = grid.to(dev, torch.float32)
     xc = x.contiguous() if plan.mode == "group" else _dense(x)
     y = torch.empty_like(xc, dtype=out_dtype)  # same strides: channels_last stays so
     scale = torch.empty(plan.n_groups, dtype=torch.float32, device=dev)
@@ -153,13 +152,12 @@ def fake_quant_backward(g: torch.Tensor, x: torch.Tensor, grid: torch.Tensor,
                         granularity: str, group_size: int) -> torch.Tensor | None:
     """``fraqat::fake_quant_backward``: ``dx`` (dtype and layout of ``x``) or None."""
     plan = _plan(tuple(x.shape), granularity, group_size) if _usable(x) else None
-    if plan is None or g.dtype not in DTYPES:
+    if plan is None or g.dtype not in DTYPES or grid.device != x.device:
         return None
     xc = x.contiguous() if plan.mode == "group" else _dense(x)
     if g.stride() != xc.stride():  # the kernels index g, dx and x alike, element by element
         g = torch.empty_strided(g.shape, xc.stride(), dtype=g.dtype, device=g.device).copy_(g)
     dx = torch.empty_like(xc)
-    grid = grid.to(x.device, torch.float32)
     with _on(x.device):
         if plan.mode == "group":
             _group_bwd_kernel[(triton.cdiv(plan.n_groups, plan.block_g),)](
@@ -187,6 +185,23 @@ def fake_quant_given(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
             xc, y, s, s, s, z, inside, x.numel(), float(qmin), float(qmax), SYMMETRIC=False,
             GIVEN=True, BLOCK=_BLOCK, num_warps=8)
     return y, inside
+
+
+def masked_grad(g: torch.Tensor, inside: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """``fraqat::masked_grad``: ``where(inside, g, 0)`` in ``dtype`` and ``inside``'s layout.
+
+    One vectorized pass (PyTorch's ``g * mask`` of bf16 by uint8 runs its slow mixed-dtype
+    kernel: 3x this time per call on Sana-600M's activations)."""
+    if not _usable(g) or dtype not in DTYPES or inside.dtype != torch.uint8:
+        return None
+    m = _dense(inside)
+    if g.stride() != m.stride():
+        g = torch.empty_strided(g.shape, m.stride(), dtype=g.dtype, device=g.device).copy_(g)
+    dx = torch.empty_like(m, dtype=dtype)
+    with _on(g.device):
+        _masked_grad_kernel[(triton.cdiv(g.numel(), _BLOCK),)](g, m, dx, g.numel(), BLOCK=_BLOCK,
+                                                               num_warps=8)
+    return dx
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -314,6 +329,15 @@ if triton is not None:
                            tl.load(grid_ptr + 1), tl.load(grid_ptr + 2))
         dx = tl.where(inside | (clamped == 0), g.to(tl.float32), 0.0)
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
+
+    @triton.jit
+    def _masked_grad_kernel(g_ptr, m_ptr, dx_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = offs < n
+        g = tl.load(g_ptr + offs, mask=valid, other=0.0)
+        inside = tl.load(m_ptr + offs, mask=valid, other=0) != 0
+        tl.store(dx_ptr + offs, tl.where(inside, g.to(tl.float32), 0.0).to(
+            dx_ptr.dtype.element_ty), mask=valid)
 
     @triton.jit
     def _group_offsets(n_groups, row_len, group, gpr, BLOCK_G: tl.constexpr,

@@ -5,7 +5,8 @@ Every quantized layer (:mod:`fraqat.modules`) and activation quantizer
 
 - ``fraqat::fake_quant`` (weights: scale from each group's data range) with its backward
   ``fraqat::fake_quant_backward`` (straight-through: ``dx = g`` inside the code range),
-- ``fraqat::fake_quant_given`` (activations: a fixed, possibly learned, per-tensor scale),
+- ``fraqat::fake_quant_given`` (activations: a fixed, possibly learned, per-tensor scale)
+  with its backward ``fraqat::masked_grad`` (``dx = g`` where the saved 1-byte mask is set),
 
 CPU = the pure reference of :mod:`fraqat.quant`; CUDA = the fused Triton kernels of
 :mod:`fraqat.kernels` (the reference where Triton is missing or a case is unsupported; both
@@ -174,9 +175,25 @@ def _given_setup(ctx, inputs, output) -> None:
         ctx.save_for_backward(inside)
 
 
+@torch.library.custom_op("fraqat::masked_grad", mutates_args=())
+def _masked_grad(g: Tensor, inside: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.where(inside.bool(), g, 0.0).to(dtype)
+
+
+@_masked_grad.register_kernel("cuda")
+def _masked_grad_cuda(g, inside, dtype):
+    dx = kernels.masked_grad(g, inside, dtype)
+    return dx if dx is not None else torch.where(inside.bool(), g, 0.0).to(dtype)
+
+
+@_masked_grad.register_fake
+def _masked_grad_fake(g, inside, dtype):
+    return torch.empty_like(inside, dtype=dtype)
+
+
 def _given_grad(ctx, gy, _):
     inside, *lsq = ctx.saved_tensors
-    dx = (gy * inside).to(ctx.x_dtype)
+    dx = _masked_grad(gy, inside, ctx.x_dtype)
     if not lsq:
         return dx, None, None, None, None, None
     x, scale, zero_point = lsq  # d y / d s = (code - z) - x/s inside, (code - z) outside

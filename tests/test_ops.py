@@ -70,6 +70,8 @@ def test_opcheck() -> None:
     torch.library.opcheck(torch.ops.fraqat.fake_quant_given.default,
                           (x, torch.tensor(0.05), torch.tensor(3, dtype=torch.int32), 0, 255,
                            torch.float32))
+    torch.library.opcheck(torch.ops.fraqat.masked_grad.default,
+                          (x.detach(), (x > 0).to(torch.uint8), torch.bfloat16))
 
 
 def test_compile_fullgraph_no_recompile_on_bit_change() -> None:
