@@ -11,20 +11,13 @@ import logging
 import torch
 
 from fraqat import paths
+from fraqat.calibration import load_calibration
 from fraqat.data import prompt_for
-from fraqat.errors import FraqatError
-from fraqat.io import load_tensors, save_tensors
+from fraqat.io import save_tensors
 from fraqat.models import TextToImage, load_teacher
 from fraqat.params import Params
 
 log = logging.getLogger(__name__)
-
-
-def load_calibration() -> dict[str, torch.Tensor]:
-    if not paths.CALIBRATION.exists():
-        raise FraqatError(f"no calibration set at {paths.CALIBRATION} "
-                          "(run `dvc repro calibrate` first)")
-    return load_tensors(paths.CALIBRATION)
 
 
 @torch.no_grad()
