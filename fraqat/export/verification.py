@@ -32,18 +32,28 @@ class Tolerance:
     LayerNorm/attention reductions differ in the last ulp). A value that sits within an ulp of a
     rounding boundary then lands on the neighbouring INT8 code: a flip of exactly one step.
     Measured on the tiny Sana: the first flipping layer had 1 flip in 65,536 codes, later
-    layers inherit more (at most 0.09 % of a layer's codes), never more than one step. So:
+    layers inherit more (at most 0.09 % of a layer's codes), never more than one step.
+    Downstream flips are inherited, not made: in the Sana-600M config with random weights
+    one flip in the caption projection grows to 1.6 % of the codes after cross-attention and,
+    free-running over 28 blocks, to 47 % of a late depthwise conv's codes (output 2.5 %
+    relative L2). So the per-layer checks are *layer-local*: PyTorch is fed the graph's
+    quantized tensors (:func:`torch_forced`), and what differs then is one op's own rounding
+    (measured: at most 0.06 % of a layer's codes on the Sana-600M config) or a real mismatch
+    (the layers' views read instead of the tensor: half of the codes after the residual).
 
-    * per quantized activation, at most ``max_flip_fraction`` of the codes differ (or
-      ``min_flips`` codes, for tiny tensors); a wrong scale or zero point flips most codes;
+    * per quantized activation, at most ``max_flip_fraction`` of the layer-local codes differ
+      (or ``min_flips`` codes, for tiny tensors); a wrong scale or zero point flips most codes;
     * the output's max absolute error is at most ``abs_steps`` of the largest activation step
       (one flip at the last layer's input moves an output by ``step * |w|``, with |w| < 1
       here; measured 0.23 steps) and its relative L2 error at most ``rel_l2`` (measured 9e-4
-      on the embedded model, 1.5e-3 with the residual quantized per tensor);
-    * ``per_tensor_rel_l2``: the same output error read as the gate on per-tensor semantics.
-      A model whose training quantized only the layers' views of a shared tensor misses it by
-      far (measured 6.8 % on the embedded model, 1.6-1.9 % on a random two-block tiny Sana);
-      runtime rounding alone stays below 0.2 %;
+      on the embedded model, 1.5e-3 with the residual quantized per tensor); layer-local
+      always, end to end while ``end_to_end`` (off only for models whose free-running
+      divergence is their own sensitivity, e.g. random deep weights, reported instead);
+    * ``per_tensor_rel_l2``: the gate on per-tensor semantics, on each quantized tensor's
+      layer-local relative L2 (graph vs PyTorch). Runtime rounding alone: measured 2e-4 on the
+      embedded model; a model trained on the layers' views of a shared tensor: several % on
+      the tensors after the residual (its end-to-end output is off by 6.8 % on the embedded
+      model);
     * the weight codes are compared exactly: they are stored, not recomputed.
     """
 
@@ -52,6 +62,7 @@ class Tolerance:
     abs_steps: float = 4.0
     rel_l2: float = 0.01
     per_tensor_rel_l2: float = 0.01
+    end_to_end: bool = True
 
 
 def run_onnx(model: onnx.ModelProto | str, inputs: dict[str, torch.Tensor]) -> np.ndarray:
@@ -94,6 +105,39 @@ def torch_probed(transformer: nn.Module, inputs: dict[str, torch.Tensor],
     hooks = [modules[n].register_forward_pre_hook(
         lambda mod, args, n=n: calling.append(n)) for n in layers]
     hooks += [q.register_forward_hook(record) for q in quantizers.values()]
+    try:
+        out = torch_forward(transformer, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, seen
+
+
+@torch.no_grad()
+def torch_forced(transformer: nn.Module, inputs: dict[str, torch.Tensor],
+                 forced: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """PyTorch with every quantized tensor replaced by onnxruntime's value (teacher forcing).
+
+    Each layer then sees the codes the graph computed upstream, so a difference left is the
+    layer's own (one op's rounding, or a semantic mismatch), not a cascade: in a deep model
+    with random weights one flipped code upstream grows into many downstream. Returns the
+    output and each layer's own fake-quantized input (before it is replaced).
+    """
+    seen: dict[str, np.ndarray] = {}
+    calling: list[str] = []
+    modules = dict(quant_layers(transformer))
+
+    def force(mod, args, out):
+        name = calling[-1]
+        seen.setdefault(name, out.float().cpu().numpy())
+        value = torch.from_numpy(forced[name]).to(out.dtype).reshape(out.shape)
+        if getattr(mod, "write_back", False):
+            args[0].copy_(value)  # every later reader of the tensor reads the graph's value
+        return value
+    quantizers = {id(modules[n].input_quantizer): modules[n].input_quantizer for n in forced}
+    hooks = [modules[n].register_forward_pre_hook(
+        lambda mod, args, n=n: calling.append(n)) for n in forced]
+    hooks += [q.register_forward_hook(force) for q in quantizers.values()]
     try:
         out = torch_forward(transformer, inputs)
     finally:
@@ -148,29 +192,40 @@ def _errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     return float(diff.max()), float(np.linalg.norm(diff) / max(np.linalg.norm(want), 1e-12))
 
 
+def _flip_summary(flips: dict[str, dict]) -> dict:
+    worst = max(flips, key=lambda n: flips[n]["flips"] / flips[n]["codes"], default=None)
+    return {"flipped_codes": sum(v["flips"] for v in flips.values()),
+            "codes": sum(v["codes"] for v in flips.values()),
+            "max_step_difference": max((v["max_steps"] for v in flips.values()), default=0),
+            "worst_layer": worst,
+            "worst_layer_flip_fraction": (flips[worst]["flips"] / flips[worst]["codes"]
+                                          if worst else 0.0)}
+
+
 def verify(result: ExportResult, transformer: nn.Module, inputs: dict[str, torch.Tensor],
            tol: Tolerance = Tolerance()) -> dict:
-    """Run the export in onnxruntime against PyTorch; the report, with ``failures`` listed."""
+    """Run the export in onnxruntime against PyTorch; the report, with ``failures`` listed.
+
+    Two comparisons: end to end (both run freely; ``output``, ``activations``) and layer-local
+    (PyTorch fed the graph's quantized tensors, :func:`torch_forced`; ``layer_local``).
+    """
     layers = list(result.acts)
     got, got_acts = run_probed(result, inputs, layers)
     want, want_acts = torch_probed(transformer, inputs, layers)
+    forced_out, forced_acts = torch_forced(transformer, inputs, got_acts)
     max_abs, rel_l2 = _errors(got, want)
+    local_abs, local_rel = _errors(got, forced_out)
     max_step = max((a.scale for a in result.acts.values()), default=0.0)
     output = {"max_abs_error": max_abs, "rel_l2_error": rel_l2,
               "max_abs_tolerance": tol.abs_steps * max_step, "rel_l2_tolerance": tol.rel_l2,
-              "output_abs_max": float(np.abs(want).max()), "largest_activation_step": max_step}
-    flips = code_flips(got_acts, want_acts, result.acts)
+              "output_abs_max": float(np.abs(want).max()), "largest_activation_step": max_step,
+              "gated": tol.end_to_end}
+    local_flips = code_flips(got_acts, forced_acts, result.acts)
     bad_codes, n_codes = count_code_mismatches(result.model, transformer)
-    worst = max(flips, key=lambda n: flips[n]["flips"] / flips[n]["codes"], default=None)
     report = {"output": output,
-              "activations": {"flipped_codes": sum(v["flips"] for v in flips.values()),
-                              "codes": sum(v["codes"] for v in flips.values()),
-                              "max_step_difference": max((v["max_steps"] for v in flips.values()),
-                                                         default=0),
-                              "worst_layer": worst,
-                              "worst_layer_flip_fraction": (flips[worst]["flips"]
-                                                            / flips[worst]["codes"]
-                                                            if worst else 0.0)},
+              "activations": _flip_summary(code_flips(got_acts, want_acts, result.acts)),
+              "layer_local": {"output_max_abs_error": local_abs, "output_rel_l2_error": local_rel,
+                              **_flip_summary(local_flips)},
               "weights": {"code_mismatches": bad_codes, "codes": n_codes},
               "qdq_nodes": qdq_counts(result.model),
               "num_quantized_layers": len(dict(quant_layers(transformer))),
@@ -178,39 +233,50 @@ def verify(result: ExportResult, transformer: nn.Module, inputs: dict[str, torch
               "num_activation_quantized": len(result.acts),
               "num_activation_tensors": len(result.lowered.dequantized),
               "per_tensor_semantics": per_tensor_semantics(result, transformer, inputs, got,
-                                                           rel_l2, max_abs, tol)}
-    report["failures"] = _failures(report, flips, tol)
+                                                           got_acts, forced_acts, rel_l2, tol)}
+    report["failures"] = _failures(report, local_flips, tol)
     return report
 
 
 def per_tensor_semantics(result: ExportResult, transformer: nn.Module,
-                         inputs: dict[str, torch.Tensor], got: np.ndarray, rel_l2: float,
-                         max_abs: float, tol: Tolerance) -> dict:
+                         inputs: dict[str, torch.Tensor], got: np.ndarray,
+                         got_acts: dict[str, np.ndarray], forced_acts: dict[str, np.ndarray],
+                         rel_l2: float, tol: Tolerance) -> dict:
     """The gate: the graph read per tensor (as HTP/AIMET do) vs the trained PyTorch model.
 
-    ``layer_input_rel_l2_error`` is what quantizing only the layers' views (write-backs off)
-    would leave: the size of the effect the gate guards.
+    Gated per quantized tensor, layer-local: the relative L2 between the graph's value and
+    PyTorch's, PyTorch fed the graph's upstream tensors (:func:`torch_forced`), worst tensor;
+    a cascade-free reading (the forced model's output only shows the last layer). The
+    end-to-end error is reported beside it; ``layer_input_rel_l2_error`` is the end-to-end
+    error if PyTorch quantized only the layers' views (write-backs off): the effect guarded.
     """
     readers = result.lowered.float_readers
     with layer_input_semantics(transformer):
         views = torch_forward(transformer, inputs) if readers else got
-    return {"tensors_also_read_by_float_ops": sorted(readers), "max_abs_error": max_abs,
-            "rel_l2_error": rel_l2, "rel_l2_tolerance": tol.per_tensor_rel_l2,
+    local = {n: _errors(got_acts[n], forced_acts[n])[1] for n in got_acts}
+    worst = max(local, key=local.get, default=None)
+    return {"tensors_also_read_by_float_ops": sorted(readers),
+            "rel_l2_error": local[worst] if worst else 0.0, "worst_layer": worst,
+            "rel_l2_tolerance": tol.per_tensor_rel_l2, "end_to_end_rel_l2_error": rel_l2,
             "layer_input_rel_l2_error": _errors(got, views)[1]}
 
 
-def _failures(report: dict, flips: dict[str, dict], tol: Tolerance) -> list[str]:
-    out, fails = report["output"], []
-    if not out["max_abs_error"] <= out["max_abs_tolerance"]:
+def _failures(report: dict, local_flips: dict[str, dict], tol: Tolerance) -> list[str]:
+    out, local, fails = report["output"], report["layer_local"], []
+    if tol.end_to_end and not out["max_abs_error"] <= out["max_abs_tolerance"]:
         fails.append(f"output max abs error {out['max_abs_error']:.3g} > "
                      f"{out['max_abs_tolerance']:.3g}")
-    if not out["rel_l2_error"] <= out["rel_l2_tolerance"]:
+    if tol.end_to_end and not out["rel_l2_error"] <= out["rel_l2_tolerance"]:
         fails.append(f"output relative L2 error {out['rel_l2_error']:.3g} > {tol.rel_l2:g}")
+    if not local["output_max_abs_error"] <= out["max_abs_tolerance"]:
+        fails.append(f"layer-local output max abs error {local['output_max_abs_error']:.3g} > "
+                     f"{out['max_abs_tolerance']:.3g}")
     sem = report["per_tensor_semantics"]
     if not sem["rel_l2_error"] <= sem["rel_l2_tolerance"]:
-        fails.append(f"per-tensor semantics: the graph read per tensor differs from PyTorch by "
-                     f"{sem['rel_l2_error']:.3g} relative L2 > {sem['rel_l2_tolerance']:g}")
-    for name, v in flips.items():
+        fails.append(f"per-tensor semantics: {sem['worst_layer']}'s input tensor differs from "
+                     f"PyTorch's by {sem['rel_l2_error']:.3g} relative L2 (layer-local) > "
+                     f"{sem['rel_l2_tolerance']:g}")
+    for name, v in local_flips.items():
         if v["flips"] > max(tol.max_flip_fraction * v["codes"], tol.min_flips):
             fails.append(f"{v['flips']}/{v['codes']} activation codes of {name} differ")
     if report["weights"]["code_mismatches"]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from fraqat import export as hx
 from tests.export.tiny import inputs, quantized
 
@@ -13,14 +11,23 @@ def test_per_tensor_gate_separates_the_two_semantics(base):
     views_only = quantized(base, share=False)  # no write-back: float ops read the float tensor
     check = inputs(6, 21)
     good = hx.verify(hx.export_transformer(shared, inputs(2, 10)), shared, check)
-    bad_result = hx.export_transformer(views_only, inputs(2, 10))
-    bad = hx.verify(bad_result, views_only, check)
+    bad = hx.verify(hx.export_transformer(views_only, inputs(2, 10)), views_only, check)
     g, b = good["per_tensor_semantics"], bad["per_tensor_semantics"]
     assert good["failures"] == []
-    assert g["rel_l2_error"] <= 0.005 < b["rel_l2_error"]
+    # layer-local, per tensor: measured 2e-4 (runtime rounding) vs 1.5e-2 (views read)
+    assert g["rel_l2_error"] <= 1e-3 and b["rel_l2_error"] > g["rel_l2_tolerance"] == 0.01
     assert g["tensors_also_read_by_float_ops"] == b["tensors_also_read_by_float_ops"] != []
-    # this one-block random model's gap is small (measured ~0.6-0.9 %); a gate at the
-    # runtime-rounding level catches it, the default 1 % gate catches the trained model's 6.8 %
-    tight = dataclasses.replace(hx.Tolerance(), per_tensor_rel_l2=g["rel_l2_error"] * 2)
-    failures = hx.verify(bad_result, views_only, check, tight)["failures"]
-    assert any(f.startswith("per-tensor semantics") for f in failures)
+    assert any(f.startswith("per-tensor semantics") for f in bad["failures"])
+    assert any("activation codes of transformer_blocks.0.ff" in f for f in bad["failures"])
+    # the end-to-end gap is what the gate guards: under 1 % on this random one-block model
+    # (0.77-0.85 %), 6.8 % on the trained embedded model
+    assert g["end_to_end_rel_l2_error"] < 1e-5 < b["end_to_end_rel_l2_error"]
+    assert g["layer_input_rel_l2_error"] == b["end_to_end_rel_l2_error"]
+
+
+def test_layer_local_flips_are_one_ops_rounding(exported):
+    model, res = exported
+    local = hx.verify(res, model, inputs(4, 5))["layer_local"]
+    assert local["max_step_difference"] <= 1
+    assert local["worst_layer_flip_fraction"] <= 1e-3  # measured 0 / 2.4e-5
+    assert local["output_rel_l2_error"] <= 1e-3
