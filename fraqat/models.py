@@ -135,7 +135,6 @@ class TextToImage:
     encoder: PromptEncoder | None
     sample_shape: tuple[int, int, int]
     prompt_table: tuple[torch.Tensor, ...] | None = None
-    bf16_autocast: bool = False  # real models on CUDA: the transformer runs under bf16 autocast
 
     @property
     def family(self) -> Family:
@@ -153,8 +152,7 @@ class TextToImage:
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
         """Velocity (or noise, for PixArt) at noisy latents ``x`` and time ``t`` (B,) in [0, 1]."""
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.bf16_autocast and x.is_cuda):
-            return predict(self.family, self.transformer, x, t, cond).float()
+        return predict(self.family, self.transformer, x, t, cond)
 
     def parameters(self):
         yield from self.transformer.parameters()

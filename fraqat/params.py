@@ -81,6 +81,8 @@ class TrainParams(_Strict):
     warmup_steps: int = Field(0, ge=0)
     probe_every: int = Field(50, ge=1)
     probe_samples: int = Field(256, ge=1)
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay the step on CUDA
+    autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on the CPU
     gradient_checkpointing: bool = False  # real models: recompute activations in backward
 
 

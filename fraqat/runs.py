@@ -18,23 +18,32 @@ from safetensors.torch import load_file, save_file
 
 from fraqat.errors import FraqatError
 from fraqat.io import atomic_path, read_json, write_json
-from fraqat.models import TextToImage, load_teacher
+from fraqat.models import TextToImage, dummy_inputs, load_teacher
 from fraqat.modules import QuantConfig, quantize_model, set_weight_bits
+from fraqat.tensor_quantizers import plan_of, share_tensor_quantizers
 
 
 def quantized_copy(teacher: TextToImage, config: QuantConfig) -> TextToImage:
-    """A deep copy of ``teacher`` with its transformer swapped to quantized layers."""
+    """A deep copy of ``teacher`` with its transformer swapped to quantized layers.
+
+    Activation quantizers follow the device's one-encoding-per-tensor semantics
+    (:func:`fraqat.tensor_quantizers.share_tensor_quantizers`, probed on a random batch).
+    """
     transformer = quantize_model(copy.deepcopy(teacher.transformer), config)
-    return TextToImage(transformer, teacher.encoder, teacher.sample_shape, teacher.prompt_table,
-                       teacher.bf16_autocast)
+    share_tensor_quantizers(transformer, dummy_inputs(transformer, batch=1,
+                                                      generator=torch.Generator()))
+    return TextToImage(transformer, teacher.encoder, teacher.sample_shape, teacher.prompt_table)
 
 
 def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: dict) -> None:
     with atomic_path(folder) as out:
         out.mkdir()
-        state = {k: v.detach().contiguous() for k, v in model.transformer.state_dict().items()}
+        # clone: a quantizer shared by several layers appears under each name
+        state = {k: v.detach().clone().contiguous()
+                 for k, v in model.transformer.state_dict().items()}
         save_file(state, str(out / "model.safetensors"))
-        write_json(out / "quant.json", {"config": config.to_dict(), **meta})
+        write_json(out / "quant.json", {"config": config.to_dict(),
+                                        "tensor_quantizers": plan_of(model.transformer), **meta})
         cast(Any, model.transformer).save_config(out)  # config.json: the architecture
 
 
@@ -69,8 +78,14 @@ def load_quantized_transformer(folder: str | Path) -> torch.nn.Module:
                               "`fraqat train`, data/runs/<method>-s<seed>)")
     arch = read_json(folder / "config.json")
     cls = getattr(diffusers, arch["_class_name"])
-    config = QuantConfig(**read_json(folder / "quant.json")["config"])
+    info = read_json(folder / "quant.json")
+    config = QuantConfig(**info["config"])
     transformer = quantize_model(cls.from_config(arch), config)
+    share_tensor_quantizers(transformer, dummy_inputs(transformer, batch=1,
+                                                      generator=torch.Generator()))
+    if info.get("tensor_quantizers") != plan_of(transformer):
+        raise FraqatError(f"the run at {folder} was trained with other activation quantizers "
+                          "than this fraqat builds (allowed: a run trained by this version)")
     transformer.load_state_dict(load_file(str(folder / "model.safetensors")))
     set_weight_bits(transformer, config.weight_bits)
     return transformer.eval()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from fraqat.errors import FraqatError
 from fraqat.models import TextToImage
-from fraqat.modules import QuantConfig, calibrate_activations, quantize_model
+from fraqat.modules import QuantConfig, calibrate_activations
 from fraqat.pipeline_folder import load_pipeline
-from fraqat.runs import load_quantized_transformer, save_run
+from fraqat.runs import load_quantized_transformer, quantized_copy, save_run
 from fraqat.trajectory import call_options
 
 PROMPTS = ["a red cat on a house", "a blue car in the city"]
@@ -31,7 +29,7 @@ def pipe_family(pipe):
 def test_saved_run_swaps_into_the_pipeline(tiny_pipeline_dir, tmp_path):
     pipe = load_pipeline("sana-600m", str(tiny_pipeline_dir("sana")))
     config = QuantConfig(weight_bits=4, act_bits=8)
-    student = quantize_model(copy.deepcopy(pipe.transformer), config)
+    student = quantized_copy(TextToImage(pipe.transformer, None, (4, 16, 16)), config).transformer
     fp = pipe.transformer
     pipe.transformer = student
     calibrate_activations(student, [0], lambda model, _: _images(pipe))  # one real call

@@ -88,7 +88,6 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
         probe = probe_data(teacher, t.probe_samples).to(device)  # before the encoder moves
         data = distill_data().to(device)
     else:  # a real pipeline: both sets come from the cache, no text encoder or VAE loads
-        teacher.bf16_autocast = True  # takes effect on CUDA only
         data, probe = (d.to(device) for d in distill_sets(
             load_calibration(), load_tensors(paths.TEACHER_OUTPUTS)))
     schedule = build_schedule(params, method)
