@@ -72,6 +72,14 @@ def check_inputs(params) -> None:
         return
     pipeline_dir(params.model, params.model_path)
     read_prompts(params.prompts_path)
+    e = params.eval
+    for key, path, is_dir, what in (
+            ("reference_path", e.reference_path, True, "a folder of real images"),
+            ("clip_path", e.clip_path, True, "a local transformers CLIP folder"),
+            ("inception_path", e.inception_path, False, "clean-fid's Inception weights file")):
+        if path is not None and not (Path(path).is_dir() if is_dir else Path(path).is_file()):
+            raise ParamsError(f"params.yaml: eval.{key}: {path!r} does not exist "
+                              f"(allowed: {what}, or null)")
 
 
 def load_pipeline(model: str, model_path: str | None, allow_download: bool = False):

@@ -111,7 +111,8 @@ def _cli(root: Path, raw: dict, stage: str = "calibrate"):
 
 
 @pytest.mark.parametrize("case", ["unknown-model", "wrong-family", "no-folder",
-                                  "missing-prompts", "empty-prompts"])
+                                  "missing-prompts", "empty-prompts", "no-reference",
+                                  "odd-resolution"])
 def test_bad_input_stops_with_one_line(case, tiny_pipeline_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     earlier = tmp_path / "data" / "calibration.safetensors"
@@ -126,16 +127,21 @@ def test_bad_input_stops_with_one_line(case, tiny_pipeline_dir, tmp_path, monkey
         raw["model_path"] = str(tmp_path / "nowhere")
     elif case == "missing-prompts":
         raw["prompts_path"] = str(tmp_path / "prompts.txt")
-    else:
+    elif case == "empty-prompts":
         (tmp_path / "prompts.txt").write_text("\n  \n")
         raw["prompts_path"] = str(tmp_path / "prompts.txt")
+    elif case == "no-reference":
+        raw["eval"]["reference_path"] = str(tmp_path / "real")
+    else:
+        raw["resolution"] = 40
     result = _cli(tmp_path, raw)
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("params.yaml: "), result.output
     assert {"unknown-model": "model", "wrong-family": "PixArtSigmaPipeline",
             "no-folder": "model_index.json", "missing-prompts": "not a file",
-            "empty-prompts": "no prompt"}[case] in lines[0]
+            "empty-prompts": "no prompt", "no-reference": "eval.reference_path",
+            "odd-resolution": "multiple of 16"}[case] in lines[0]
     assert earlier.read_bytes() == b"an earlier output"
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == \
         ["calibration.safetensors", "params.yaml"] + (["prompts.txt"] if case ==
@@ -161,3 +167,19 @@ def test_default_prompts_are_varied():
     prompts = read_prompts(None)
     assert len(prompts) == len(set(prompts)) >= 16
     assert len({p.split()[1] for p in prompts}) >= 16  # different subjects, not one template
+
+
+def test_reference_images_load_as_rgb_in_range(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fraqat.errors import FraqatError
+    from fraqat.pipeline_eval import load_reference_images
+
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    images = load_reference_images(tmp_path, 32)
+    assert images.shape == (3, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    assert torch.allclose(images[1], torch.full_like(images[1], 60 / 127.5 - 1))
+    with pytest.raises(FraqatError, match="holds 0 image"):
+        load_reference_images(tmp_path / "none", 32)

@@ -24,7 +24,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -209,9 +208,6 @@ def noise_metrics(noise: torch.Tensor, reference_fp: torch.Tensor,
 def run_pipeline(params: Params, method: str, seed: int) -> None:
     e = params.eval
     start = time.perf_counter()
-    if e.reference_path is not None and not Path(e.reference_path).is_dir():
-        raise FraqatError(f"eval.reference_path={e.reference_path!r} is not a folder "
-                          "(allowed: a folder of real images, or null)")
     reference_fp = None if method == "fp" else load_fp_reference(e)  # fail early
     features, feature_label = image_features(e.feature_space, paths.CLASSIFIER,
                                              e.inception_path)
