@@ -122,6 +122,6 @@ def predict_points(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tens
         sl = slice(i, i + batch_size)
         lab = labels[sl].to(table[0].device)
         out.append(model.predict(x_t[sl].to(device), t[sl].to(device),
-                                 *(c[lab] for c in table)).float().cpu())
+                                 *(c[lab].to(device) for c in table)).float().cpu())
     return torch.cat(out)
 

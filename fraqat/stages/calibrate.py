@@ -18,6 +18,7 @@ import torch
 
 from fraqat import paths
 from fraqat.artifacts import load_split
+from fraqat.distributed import resolve_device
 from fraqat.flow import noisy
 from fraqat.io import save_tensors
 from fraqat.params import Params
@@ -46,6 +47,7 @@ def run(params: Params) -> None:
 def run_pipeline(params: Params) -> None:
     c = params.calibration
     pipe = load_pipeline(params.model, params.model_path, params.allow_download)
+    pipe.to(resolve_device(params.device))
     family, prompts = model_family(params.model), read_prompts(params.prompts_path)
     log.info("%s (%s): %d prompts, %d + %d probe points at %d px, %d steps", params.model,
              family.name, len(prompts), c.num_samples, params.train.probe_samples,

@@ -32,6 +32,7 @@ from fraqat import paths
 from fraqat.artifacts import load_split
 from fraqat.classifier import load_classifier, predict, single_thread
 from fraqat.data import ImageSet, prompt_for
+from fraqat.distributed import resolve_device
 from fraqat.errors import FraqatError
 from fraqat.fid import Stats, feature_fn, frechet
 from fraqat.flow import noisy
@@ -212,13 +213,14 @@ def run_pipeline(params: Params, method: str, seed: int) -> None:
     features, feature_label = image_features(e.feature_space, paths.CLASSIFIER,
                                              e.inception_path)
     clip = clip_scorer(e.clip_path) if e.clip_path else None
-    pipe = load_pipeline(params.model, params.model_path, params.allow_download)
+    device = resolve_device(params.device)
+    pipe = load_pipeline(params.model, params.model_path, params.allow_download).to(device)
     family, prompts = model_family(params.model), read_prompts(params.prompts_path)
     if method == "fp":
         transformer, weight_bits, act_bits = pipe.transformer, None, None
     else:
         folder = paths.run_dir(method, seed)
-        transformer = load_quantized_transformer(folder)
+        transformer = load_quantized_transformer(folder).to(device)
         config = read_json(folder / "quant.json")["config"]
         weight_bits, act_bits = config["weight_bits"], config["act_bits"]
     calib = load_tensors(paths.CALIBRATION)
