@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fraqat.errors import ParamsError
 
-METHODS = ("fp", "ptq", "qat", "fraqat", "int-progressive", "qat-target-steps")
-TRAINED_METHODS = ("ptq", "qat", "fraqat", "int-progressive", "qat-target-steps")
+METHODS = ("fp", "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "int-progressive",
+           "qat-target-steps")
+TRAINED_METHODS = METHODS[1:]
 MODELS = ("tiny-sana", "sana-600m", "sana-1.6b", "pixart-sigma", "sd3.5-medium", "flux-schnell")
 Bits = typing.Annotated[float, Field(ge=2, le=16)]
 
@@ -44,6 +45,8 @@ class PretrainParams(_Strict):
 
 class CalibrationParams(_Strict):
     num_samples: int = Field(2048, ge=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)  # of the train split, for tuning only
+    validation_samples: int = Field(256, ge=1)
     seed: int = Field(0, ge=0)
 
 
@@ -64,6 +67,8 @@ class ScheduleParams(_Strict):
     fp_warmup: float = Field(0.0, ge=0, lt=1)
     final_fraction: float | None = Field(None, gt=0, le=1)
     fraqat_kind: Literal["fraqat", "continuous"] = "fraqat"
+    late_final_fraction: float = Field(0.7, gt=0, le=1)  # fraqat-late's share at the target
+    control_of: Literal["fraqat", "fraqat-late"] = "fraqat-late"  # what the controls mirror
 
 
 class TrainParams(_Strict):
@@ -71,12 +76,19 @@ class TrainParams(_Strict):
     lr: float = Field(1e-4, gt=0, le=1)
     batch_size: int = Field(64, ge=1)
     checkpoint_every: int = Field(200, ge=1)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    lr_restart_per_stage: bool = False
+    lr_schedule: Literal["cosine", "cosine-per-stage", "restart", "constant"] = "restart"
     flow_matching_weight: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     probe_every: int = Field(50, ge=1)
     probe_samples: int = Field(256, ge=1)
+
+
+class TuneParams(_Strict):
+    """Per-method learning rate, chosen on the validation split (``lr_grid: []``: train.lr)."""
+
+    lr_grid: list[typing.Annotated[float, Field(gt=0, le=1)]] = [1e-4, 3e-4, 1e-3, 3e-3]
+    steps: int | None = Field(None, ge=1)  # null: train.steps (the same budget)
+    seed: int = Field(0, ge=0)
 
 
 class EvalParams(_Strict):
@@ -104,7 +116,7 @@ class Params(_Strict):
     allow_download: bool = False
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     methods: list[Literal[TRAINED_METHODS]] = [  # type: ignore[valid-type]
-        "ptq", "qat", "fraqat", "int-progressive"]  # the control is opt-in (the ablation)
+        "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "qat-target-steps"]
     seeds: list[int] = [0, 1]
     data: DataParams = DataParams()
     pretrain: PretrainParams = PretrainParams()
@@ -112,6 +124,7 @@ class Params(_Strict):
     quant: QuantParams = QuantParams()
     schedule: ScheduleParams = ScheduleParams()
     train: TrainParams = TrainParams()
+    tune: TuneParams = TuneParams()
     eval: EvalParams = EvalParams()
     export: ExportParams = ExportParams()
 
