@@ -43,6 +43,14 @@ class PretrainParams(_Strict):
     seed: int = Field(0, ge=0)
 
 
+class OutlierParams(_Strict):
+    """Function-preserving weight outliers in the teacher (:mod:`fraqat.outliers`); 0: none."""
+
+    fraction: float = Field(0.0, ge=0, le=1)
+    factor: float = Field(50.0, gt=0)
+    seed: int = Field(0, ge=0)
+
+
 class CalibrationParams(_Strict):
     num_samples: int = Field(2048, ge=1)
     validation_fraction: float = Field(0.1, gt=0, lt=1)  # of the train split, for tuning only
@@ -120,6 +128,7 @@ class Params(_Strict):
     seeds: list[int] = [0, 1]
     data: DataParams = DataParams()
     pretrain: PretrainParams = PretrainParams()
+    outliers: OutlierParams = OutlierParams()
     calibration: CalibrationParams = CalibrationParams()
     quant: QuantParams = QuantParams()
     schedule: ScheduleParams = ScheduleParams()

@@ -26,6 +26,7 @@ EVAL_REPORTS = REPORTS / "eval"
 PLOTS = REPORTS / "plots"
 EXPORT_REPORT = REPORTS / "export.json"
 TUNE = REPORTS / "tune.json"                      # the lr grid, validation losses, chosen lr
+TEACHER_REPORT = REPORTS / "teacher.json"         # weight abs-max/std, kurtosis (outliers)
 COMPARISON_MD = REPORTS / "comparison.md"
 COMPARISON_CSV = REPORTS / "comparison.csv"
 METRICS = REPORTS / "metrics.json"
