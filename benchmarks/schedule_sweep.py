@@ -1,6 +1,6 @@
 """Investigate bit schedules at equal budget: many (variant, seed) trainings in parallel.
 
-Runs the same code as the ``train`` stage (:func:`fraqat.stages.train.train_student`) for each
+Runs the same code as the ``train`` stage (:func:`fraqat.methods.train_student`) for each
 variant = (method, params overrides), one single-threaded process per run, in a project where
 ``dvc repro teacher`` (and optionally ``classifier``) already ran. Reports the sensitive
 metrics: held-out distillation loss at the deployed bits, and sample MSE to the teacher from
@@ -107,8 +107,8 @@ def run_one(job: tuple[str, str, dict, int, dict]) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from fraqat.methods import train_student
     from fraqat.params import load_params
-    from fraqat.stages.train import train_student
 
     params = load_params("params.yaml", {**base, **overrides})
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,7 @@ ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="Path to params.y
 log = logging.getLogger("fraqat")
 
 
-def _run_stage(stage: str, params_path: Path, entry: str = "run", **kwargs) -> None:
+def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
     from fraqat.params import load_params
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
@@ -31,7 +31,7 @@ def _run_stage(stage: str, params_path: Path, entry: str = "run", **kwargs) -> N
         params = load_params(params_path)
         module = importlib.import_module(f"fraqat.stages.{stage}")
         start = time.perf_counter()
-        getattr(module, entry)(params, **kwargs)
+        module.run(params, **kwargs)
         log.info("stage %s done in %.1f s", stage, time.perf_counter() - start)
     except FraqatError as exc:
         typer.echo(f"fraqat {stage}: {exc}" if not str(exc).startswith("params.yaml")
@@ -97,7 +97,7 @@ def train(method: str = typer.Option(..., help="ptq | qat | qat-warmup | fraqat 
 @app.command()
 def tune(params: Path = ParamsOpt) -> None:
     """Choose each method's learning rate on the validation split (reports/tune.json)."""
-    _run_stage("train", params, entry="tune")
+    _run_stage("tune", params)
 
 
 @app.command()

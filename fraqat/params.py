@@ -238,14 +238,3 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         node[leaf] = value
     return parse_params(raw)
 
-
-def quant_config(params: Params, weight_bits: float | None = None):
-    """The :class:`fraqat.modules.QuantConfig` that ``params`` describe."""
-    from fraqat.modules import QuantConfig
-
-    q = params.quant
-    return QuantConfig(weight_bits=params.bits if weight_bits is None else weight_bits,
-                       act_bits=params.act_bits, granularity=q.granularity,
-                       group_size=q.group_size, symmetric=q.symmetric,
-                       act_symmetric=q.act_symmetric, learn_act_scale=q.learn_act_scale,
-                       skip=list(q.skip), keep_8bit=list(q.keep_8bit))

@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,7 +30,10 @@ from fraqat.data import PROMPTS
 from fraqat.errors import FraqatError
 from fraqat.models import TextToImage
 from fraqat.modules import calibrate_activations, set_weight_bits, weight_bits
-from fraqat.schedule import LRSchedule, make_lr_schedule
+from fraqat.schedule import LRSchedule, Schedule, make_lr_schedule
+
+if TYPE_CHECKING:
+    from fraqat.params import TrainParams
 
 log = logging.getLogger(__name__)
 LOG_COLUMNS = ("step", "loss", "bits", "lr", "target_loss")
@@ -46,8 +50,16 @@ class TrainConfig:
     lr_schedule: str | LRSchedule = "cosine"
     flow_matching_weight: float = 0.0
     probe_every: int = 50
-    warmup: int = 0
+    warmup_steps: int = 0
     fingerprint: str = ""
+
+    @classmethod
+    def from_params(cls, train: TrainParams, *, steps: int, seed: int,
+                    fingerprint: str = "") -> TrainConfig:
+        """The loop's settings from the validated ``train:`` params (same field names)."""
+        same = {f.name: getattr(train, f.name) for f in fields(cls) if f.name in
+                type(train).model_fields and f.name != "steps"}
+        return cls(steps=steps, seed=seed, fingerprint=fingerprint, **same)
 
 
 @dataclass
@@ -74,18 +86,19 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     return torch.randint(0, n, (batch_size,), generator=g)
 
 
-def learning_rate(cfg: TrainConfig, schedule, step: int) -> float:
+def learning_rate(cfg: TrainConfig, schedule: Schedule, step: int) -> float:
     """``cfg.lr_schedule`` is an :class:`~fraqat.schedule.LRSchedule` or a shape's name."""
     lr = cfg.lr_schedule
     if isinstance(lr, str):
-        lr = make_lr_schedule(lr, cfg.lr, schedule, warmup=cfg.warmup)
+        lr = make_lr_schedule(lr, cfg.lr, schedule, warmup=cfg.warmup_steps)
     return lr.lr_at(step)
 
 
 class Trainer:
     """Runs one (method, seed): the student must already be quantized and calibrated."""
 
-    def __init__(self, student: TextToImage, data: DistillData, schedule, cfg: TrainConfig,
+    def __init__(self, student: TextToImage, data: DistillData, schedule: Schedule,
+                 cfg: TrainConfig,
                  checkpoint_dir: Path, log_path: Path, probe: DistillData | None = None):
         self.student, self.data, self.schedule, self.cfg = student, data, schedule, cfg
         self.checkpoint_dir, self.log_path, self.probe = checkpoint_dir, log_path, probe
@@ -113,7 +126,7 @@ class Trainer:
         """Distillation loss on held-out data at the *target* bits (what deployment sees)."""
         if self.probe is None:
             return float("nan")
-        target = self.schedule.bits_at(self.cfg.steps - 1)
+        target = self.schedule.target
         with weight_bits(self._module(), target):
             return self.loss_on(self.probe, torch.arange(len(self.probe))).item()
 
@@ -150,6 +163,14 @@ class Trainer:
         tmp.replace(self.log_path)
 
     def fit(self) -> dict:
+        """Train ``cfg.steps`` steps (resuming if a checkpoint matches); 0 steps is PTQ.
+
+        With 0 steps nothing is updated: the log holds one row, the loss on the first
+        calibration points and the held-out probe at the target bits, the round-to-nearest
+        floor every trained method starts from.
+        """
+        if self.cfg.steps == 0:
+            return self._evaluate_only()
         cfg, tr = self.cfg, self.student.transformer
         start = self._resume()
         tr.train()
@@ -196,6 +217,20 @@ class Trainer:
         return {"final_loss": sum(tail) / len(tail),
                 "final_target_loss": self.rows[-1]["target_loss"], "steps": cfg.steps,
                 "resumed_from": start, "wall_seconds": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def _evaluate_only(self) -> dict:
+        t0 = time.perf_counter()
+        target = self.schedule.target
+        set_weight_bits(self.student.transformer, target)
+        loss = self.loss_on(self.data, torch.arange(min(len(self.data), 512))).item()
+        self.rows = [{"step": 0, "loss": round(loss, 7), "bits": target, "lr": 0.0,
+                      "target_loss": round(self.probe_loss(), 7)}]
+        if distributed.is_main():
+            self.write_log()
+        return {"final_loss": self.rows[0]["loss"],
+                "final_target_loss": self.rows[0]["target_loss"], "steps": 0,
+                "resumed_from": 0, "wall_seconds": time.perf_counter() - t0}
 
 
 def calibrate(student: TextToImage, data: DistillData, batch_size: int = 256,

@@ -1,4 +1,4 @@
-"""The ``report`` stage on fake eval/train files, its statistics, evaluate -> report end to end."""
+"""The ``report`` stage on fake eval/train files, and evaluate -> report end to end."""
 
 from __future__ import annotations
 
@@ -137,18 +137,6 @@ def test_claim_verdict(delta, reproduced, text):
     assert got is reproduced and text in sentence
 
 
-def test_paired_bootstrap_constant_difference():
-    a = np.full((2, 50), 1.5)
-    b = np.ones((2, 50))
-    res = report.paired_bootstrap(a, b, resamples=200)
-    assert res["diff"] == pytest.approx(0.5)
-    assert res["ci_low"] == pytest.approx(0.5) and res["ci_high"] == pytest.approx(0.5)
-    assert res["p"] == 0.0
-    rng = np.random.default_rng(0)
-    noise = rng.standard_normal((3, 400))
-    assert report.paired_bootstrap(noise, noise.copy())["p"] == 1.0
-
-
 def test_evaluate_then_report_end_to_end(tmp_path, monkeypatch):
     """Tiny teacher + untrained classifier: fp and a PTQ run through evaluate, then report."""
     from fraqat.classifier import DigitClassifier, save_classifier
@@ -206,14 +194,6 @@ def test_evaluate_then_report_end_to_end(tmp_path, monkeypatch):
     table = pd.read_csv(paths.COMPARISON_CSV)
     assert table["method"].tolist() == ["fp", "ptq", "noise"]
     assert "cannot be tested" in paths.COMPARISON_MD.read_text()
-
-
-def test_seed_interval_is_the_paired_t_interval_in_percent():
-    fra, qat = np.array([1.0, 1.2, 0.9, 1.1]), np.array([1.1, 1.25, 1.0, 1.3])
-    d = fra - qat
-    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
-    assert report.seed_interval_pct(fra, qat) == pytest.approx(
-        [100 * lo / qat.mean(), 100 * hi / qat.mean()])
 
 
 def test_probe_summary_reads_the_loss_at_the_target_through_the_stages():

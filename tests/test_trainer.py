@@ -110,11 +110,11 @@ def test_corrupt_checkpoint_is_reported_in_one_line(project):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(project, monkeypatch):
     monkeypatch.chdir(project)
+    from fraqat.methods import distill_data
     from fraqat.models import load_teacher
     from fraqat.modules import QuantConfig
     from fraqat.runs import quantized_copy
     from fraqat.schedule import make_schedule
-    from fraqat.stages.train import distill_data
     from fraqat.trainer import TrainConfig, Trainer, calibrate
 
     data = distill_data()

@@ -20,13 +20,13 @@ import onnxruntime
 import torch
 
 from fraqat import htp_export, paths
+from fraqat.artifacts import load_calibration
 from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
 from fraqat.io import atomic_path, read_json, write_json
 from fraqat.models import TextToImage
 from fraqat.params import Params
 from fraqat.runs import load_run
-from fraqat.stages.teacher import load_calibration
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""fraqat.stages.train: the controls mirror their fractional method; tuning picks the best lr;
+"""fraqat.methods: the controls mirror their fractional method; tuning picks the best lr;
 the validation split is disjoint from the calibration images."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import math
 import pytest
 
 from fraqat.errors import FraqatError
+from fraqat.methods import build_lr, build_schedule, choose_lr, train_steps, tuned_methods
 from fraqat.params import parse_params
 from fraqat.schedule import first_target_step, make_lr_schedule, steps_at_target
 from fraqat.stages.calibrate import split_validation
-from fraqat.stages.train import build_lr, build_schedule, choose_lr, train_steps, tuned_methods
 
 
 def lr_trace(params, method: str, lr: float = 1e-3) -> list[float]:
