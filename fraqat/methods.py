@@ -152,7 +152,8 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
     trainer = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe)
     result = trainer.fit()
     if method != "ptq":
-        result.update(lr=lr, **stability([r["loss"] for r in trainer.rows]))
+        result.update(lr=lr, **stability([r["loss"] for r in trainer.rows],
+                                          [r["bits"] for r in trainer.rows]))
     return student.to("cpu"), result
 
 

@@ -32,3 +32,11 @@ def test_divergence() -> None:
 def test_empty_curve_is_one_line_error() -> None:
     with pytest.raises(ValueError, match="losses="):
         stability([])
+
+
+def test_a_planned_bit_drop_is_not_a_spike_nor_a_divergence() -> None:
+    bits = [8.0] * 30 + [4.0] * 30
+    losses = [0.01] * 30 + [0.5] + [0.5 * 0.95 ** k for k in range(1, 30)]
+    assert max_spike(losses, bits) == (1.0, 0)
+    assert max_spike(losses)[0] == 50.0  # without the stages it would be one
+    assert not stability(losses, bits)["diverged"] and stability(losses)["diverged"]

@@ -39,8 +39,9 @@ def run(params: Params) -> None:
         for method in methods:
             losses, stab = {}, {}
             for lr in grid:
-                _, result = train_student(tuned, method, params.tune.seed, Path(tmp) / "ckpt",
-                                          Path(tmp) / "log.tsv", lr=lr, probe=val)
+                run = Path(tmp) / f"{method}-lr{lr:g}"
+                _, result = train_student(tuned, method, params.tune.seed, run / "ckpt",
+                                          run / "log.tsv", lr=lr, probe=val)
                 losses[lr] = float(result["final_target_loss"])
                 stab[lr] = {k: result[k] for k in ("max_spike", "diverged", "final_loss")}
                 log.info("tune %s lr %g: validation loss %.5f (%.1f s)", method, lr,
