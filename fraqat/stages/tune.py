@@ -7,10 +7,12 @@ the held-out split that the report scores is never read here.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from pathlib import Path
 
 from fraqat import paths
+from fraqat.errors import FraqatError
 from fraqat.io import write_json
 from fraqat.methods import choose_lr, train_student, tuned_methods, validation_data
 from fraqat.models import load_teacher
@@ -40,13 +42,19 @@ def run(params: Params) -> None:
             losses, stab = {}, {}
             for lr in grid:
                 run = Path(tmp) / f"{method}-lr{lr:g}"
-                _, result = train_student(tuned, method, params.tune.seed, run / "ckpt",
-                                          run / "log.tsv", lr=lr, probe=val)
+                try:
+                    _, result = train_student(tuned, method, params.tune.seed, run / "ckpt",
+                                              run / "log.tsv", lr=lr, probe=val)
+                except FraqatError as exc:  # the trainer stops on a non-finite loss
+                    log.warning("tune %s lr %g: %s", method, lr, exc)
+                    losses[lr], stab[lr] = math.inf, {"diverged": True}
+                    continue
                 losses[lr] = float(result["final_target_loss"])
                 stab[lr] = {k: result[k] for k in ("max_spike", "diverged", "final_loss")}
                 log.info("tune %s lr %g: validation loss %.5f (%.1f s)", method, lr,
                          losses[lr], result["wall_seconds"])
-            out["losses"][method] = {f"{lr:g}": v for lr, v in losses.items()}
+            out["losses"][method] = {f"{lr:g}": v if math.isfinite(v) else None
+                                     for lr, v in losses.items()}
             out["stability"][method] = {f"{lr:g}": v for lr, v in stab.items()}
             out["chosen"][method] = choose_lr(losses)
             log.info("tune %s: lr %g", method, out["chosen"][method])
