@@ -60,10 +60,14 @@ def comparisons(evals: pd.DataFrame, methods: list[str], control_of: str) -> lis
 
 
 def tune_markdown(tune: dict) -> str:
-    """Validation loss of every (method, lr) of the grid, and the lr chosen."""
-    grid = [f"{lr:g}" for lr in tune.get("grid", [])]
+    """Validation loss of every (method, lr) of the grid, and the lr chosen ("edge" when it is
+    the grid's smallest or largest value: the optimum may lie outside the grid)."""
+    values = tune.get("grid", [])
+    grid = [f"{lr:g}" for lr in values]
     head = ["method", *(f"lr {g}" for g in grid), "chosen lr"]
-    rows = [[m, *(fmt(tune["losses"].get(m, {}).get(g), 4) for g in grid), f"{lr:g}"]
+    edges = {min(values), max(values)} if len(values) > 1 else set()
+    rows = [[m, *(fmt(tune["losses"].get(m, {}).get(g), 4) for g in grid),
+             f"{lr:g}{' (edge)' if lr in edges else ''}"]
             for m, lr in tune.get("chosen", {}).items()]
     return markdown_table(head, rows)
 

@@ -51,4 +51,4 @@ def test_verdict_without_a_pair() -> None:
 def test_tune_markdown() -> None:
     md = tune_markdown({"grid": [1e-4, 1e-3], "losses": {"qat": {"0.0001": 0.02, "0.001": 0.01}},
                         "chosen": {"qat": 1e-3}})
-    assert "| qat | 0.0200 | 0.0100 | 0.001 |" in md
+    assert "| qat | 0.0200 | 0.0100 | 0.001 (edge) |" in md
