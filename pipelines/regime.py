@@ -51,7 +51,8 @@ def queue(seeds: str, cells: list[str]) -> None:
 
 
 def runs(show: list[dict]) -> pd.DataFrame:
-    """One row per (cell, method, seed): train and eval metrics of finished experiments."""
+    """One row per (cell, method, seed): train and eval metrics of finished experiments, and
+    the cell's teacher weight statistics (``teacher.*``)."""
     rows: dict[tuple, dict] = {}
     for baseline in show:
         for exp in baseline.get("experiments") or []:
@@ -62,11 +63,14 @@ def runs(show: list[dict]) -> pd.DataFrame:
                 metrics = (rev.get("data") or {}).get("metrics") or {}
                 if "reports/metrics.json" not in metrics:  # unfinished
                     continue
+                teacher = (metrics.get("reports/teacher.json") or {}).get("data") or {}
                 for path, m in metrics.items():
                     hit = RUN.match(path)
                     if hit and m.get("data"):
                         key = (name, hit[2], int(hit[3]))
-                        rows.setdefault(key, {"cell": name, "method": hit[2], "seed": key[2]})
+                        rows.setdefault(key, {"cell": name, "method": hit[2], "seed": key[2],
+                                              **{f"teacher.{k}": v for k, v in teacher.items()
+                                                 if k.startswith("max_")}})
                         rows[key].update({f"{hit[1]}.{k}": v for k, v in m["data"].items()})
     return pd.DataFrame(list(rows.values()))
 
@@ -80,7 +84,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                "teacher_mse": g.get("eval.teacher_mse", pd.Series(dtype=float)).mean(),
                "max_spike": g["train.max_spike"].max(),
                "divergence_rate": g["train.diverged"].astype(float).mean(),
-               "final_train_loss": g["train.final_loss"].mean(), "lr": g["train.lr"].iloc[0]}
+               "final_train_loss": g["train.final_loss"].mean(), "lr": g["train.lr"].iloc[0],
+               "teacher_absmax_over_std": g.get("teacher.max_absmax_over_std",
+                                                pd.Series([float("nan")])).iloc[0],
+               "teacher_kurtosis": g.get("teacher.max_kurtosis",
+                                         pd.Series([float("nan")])).iloc[0]}
         q = df[(df.cell == cell) & (df.method == "qat")].set_index("seed")
         mine = g.set_index("seed")
         both = sorted(set(q.index) & set(mine.index))
@@ -102,10 +110,12 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def render(table: pd.DataFrame) -> str:
-    head = ["cell", "method", "lr", "seeds", "held-out loss", "Δ% vs qat [95% CI]",
+    head = ["cell", "teacher abs-max/std, kurtosis", "method", "lr", "seeds", "held-out loss",
+            "Δ% vs qat [95% CI]",
             "teacher MSE", "Δ% vs qat [95% CI]", "largest spike", "diverged", "final train loss",
             f"outcome (±{WIN_PCT:g} % on both)"]
-    rows = [[r["cell"], r["method"], f"{r['lr']:g}", str(r["seeds"]),
+    rows = [[r["cell"], f"{fmt(r['teacher_absmax_over_std'], 1)}, "
+             f"{fmt(r['teacher_kurtosis'], 1)}", r["method"], f"{r['lr']:g}", str(r["seeds"]),
              fmt(r["heldout_loss"], 4, r["heldout_loss_std"]),
              fmt_delta(r["d_heldout"], r["ci_heldout"]), fmt(r["teacher_mse"], 4),
              fmt_delta(r["d_mse"], r["ci_mse"]), f"{r['max_spike']:.1f}×",

@@ -16,7 +16,8 @@ def metrics(method: str, seed: int, loss: float, spike: float, diverged: bool) -
 
 
 def show() -> list[dict]:
-    m = {"reports/metrics.json": {"data": {"x": 1}}}
+    m = {"reports/metrics.json": {"data": {"x": 1}},
+         "reports/teacher.json": {"data": {"max_absmax_over_std": 15.3, "max_kurtosis": 134.0}}}
     for seed, (q, f) in enumerate([(0.020, 0.018), (0.022, 0.019), (0.021, 0.0185)]):
         m |= metrics("qat", seed, q, 9.0, seed == 0) | metrics("fraqat-late", seed, f, 2.0, False)
     unfinished = {"name": "w3-lr3e-3", "revs": [{"data": {"metrics": {}}}]}
@@ -32,4 +33,6 @@ def test_collect_summarizes_cells() -> None:
     assert table.loc["qat", "max_spike"] == 9.0
     assert table.loc["fraqat-late", "d_heldout"] == pytest.approx(100 * (0.0555 / 0.063 - 1))
     assert table.loc["fraqat-late", "outcome"] == "wins"
-    assert "`fraqat-late` in `w4-outliers-lr3e-3`" in render(summarize(df))
+    assert table.loc["qat", "teacher_absmax_over_std"] == 15.3
+    md = render(summarize(df))
+    assert "`fraqat-late` in `w4-outliers-lr3e-3`" in md and "| 15.3, 134.0 |" in md
