@@ -248,10 +248,13 @@ def load_pipeline_teacher(model: str, model_path: str,
 @torch.no_grad()
 def predict_all(model: TextToImage, calib: dict[str, torch.Tensor],
                 batch_size: int = 512) -> torch.Tensor:
-    """The model's velocity on every calibration point (x_t, t, prompt label), batched."""
+    """The model's velocity on every calibration point (x_t, t, prompt label), batched; a real
+    pipeline's labels index its prompt table."""
     out = []
     for i in range(0, len(calib["t"]), batch_size):
         sl = slice(i, i + batch_size)
-        hidden, mask = model.encode([prompt_for(y) for y in calib["labels"][sl]])
-        out.append(model.predict(calib["x_t"][sl], calib["t"][sl], hidden, mask))
+        labels = calib["labels"][sl]
+        cond = tuple(c[labels] for c in model.prompt_table) if model.prompt_table is not None \
+            else model.encode([prompt_for(y) for y in labels])
+        out.append(model.predict(calib["x_t"][sl], calib["t"][sl], *cond))
     return torch.cat(out)

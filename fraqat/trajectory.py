@@ -92,23 +92,25 @@ def draw(pipe, family: Family, prompts: Sequence[str], n: int, seed: int, resolu
     return {k: v[keep] for k, v in points.items()}
 
 
-PROBE_STREAM = 1_000_003  # probe trajectories' noise seeds start this far from the training ones
+STREAM = 1_000_003  # noise seeds of the training, probe and validation draws lie this far apart
 
 
 def calibration_set(pipe, family: Family, prompts: Sequence[str], num_samples: int,
-                    probe_samples: int, seed: int, resolution: int, steps: int,
-                    guidance: float | None) -> dict[str, torch.Tensor]:
-    """Training points, held-out probe points (other noise, same prompts) and the encoded
-    prompts (``cond.<key>``), all in one file."""
+                    probe_samples: int, validation_samples: int, seed: int, resolution: int,
+                    steps: int, guidance: float | None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(calibration, validation): training points, held-out probe points (other noise, same
+    prompts) and the encoded prompts (``cond.<key>``) in one dict; validation points (a third
+    noise stream, read only by ``tune``) in the other."""
     from fraqat.families import encode_prompts
 
-    train = draw(pipe, family, prompts, num_samples, seed * 2 * PROBE_STREAM, resolution,
-                 steps, guidance)
-    probe = draw(pipe, family, prompts, probe_samples, seed * 2 * PROBE_STREAM + PROBE_STREAM,
-                 resolution, steps, guidance)
+    base = seed * 3 * STREAM
+    train, probe, val = (draw(pipe, family, prompts, n, base + k * STREAM, resolution, steps,
+                              guidance)
+                         for k, n in enumerate((num_samples, probe_samples, validation_samples)))
     cond = encode_prompts(pipe, family, prompts, guidance)
-    return {**train, **{f"probe_{k}": v for k, v in probe.items()},
-            **{f"cond.{k}": v for k, v in zip(family.cond_keys, cond, strict=True)}}
+    return ({**train, **{f"probe_{k}": v for k, v in probe.items()},
+             **{f"cond.{k}": v for k, v in zip(family.cond_keys, cond, strict=True)}}, val)
 
 
 @torch.no_grad()

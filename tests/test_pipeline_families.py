@@ -66,8 +66,8 @@ def test_dvc_repro_sana_pipeline_end_to_end(tiny_pipeline_dir, tmp_path):
     assert "Running stage" not in again.stdout
 
 
-STAGES = ("prepare", "pretrain", "calibrate", "teacher", "train", "classifier", "evaluate",
-          "report", "export")
+STAGES = ("prepare", "pretrain", "calibrate", "teacher", "tune", "train", "classifier",
+          "evaluate", "report", "export")
 
 
 def run_stages(root: Path, params) -> None:
@@ -92,6 +92,8 @@ def test_stages_end_to_end(family, tiny_pipeline_dir, tmp_path, monkeypatch):
     raw = profile(family, tiny_pipeline_dir(family))
     if family == "pixart":  # the CLIP score, from a local random-weight CLIP
         raw["eval"]["clip_path"] = str(save_tiny_clip(tmp_path / "clip"))
+    if family == "sd3":  # learning rates tuned on the validation trajectories
+        raw["tune"] = {"lr_grid": [1e-4, 1e-3], "steps": 4, "seed": 0}
     params = parse_params(raw)
     run_stages(tmp_path, params)
     check_results(tmp_path, family)
@@ -101,6 +103,9 @@ def test_stages_end_to_end(family, tiny_pipeline_dir, tmp_path, monkeypatch):
         assert all(0 <= s <= 100 for s in scores), scores
     else:
         assert scores == [None] * 4
+    tune = json.loads((tmp_path / "reports/tune.json").read_text())
+    if family == "sd3":
+        assert set(tune["chosen"]) >= {"qat", "fraqat"} and tune["losses"]["qat"]["0.001"] > 0
 
 
 # --- bad input: one line, exit 2, nothing written ----------------------------------------------
