@@ -48,6 +48,8 @@ def check_results(root: Path, family: str) -> None:
         assert ev["heldout_distill_loss"] > 0
     v = load_file(str(root / "data/teacher_outputs.safetensors"))["v"]
     assert v.dtype == torch.bfloat16
+    weights = json.loads((root / "reports/teacher.json").read_text())  # the real teacher's
+    assert weights["max_kurtosis"] > 0 and weights["outlier_fraction"] == 0
     export = json.loads((root / "reports/export.json").read_text())
     assert export["passed"] is (True if family == "sana" else None)
 
