@@ -36,10 +36,10 @@ BOUND = {"tensor": {"fwd": 2 / 3, "f+b": 4 / 5}}  # of copy: the extra read of x
 GRAPH_CALLS = 10
 
 
-def _repeat(fn: Callable[[], object], repeats: int, reps: int) -> dict:
+def _repeat(fn: Callable[[], object], repeats: int, reps: int, graph: bool = True) -> dict:
     """Per-call kernel time: replays of a CUDA graph of ``GRAPH_CALLS`` calls (host clock and
-    plain calls on the CPU)."""
-    if not torch.cuda.is_available():
+    plain calls on the CPU; eager calls where ``graph`` is off)."""
+    if not (graph and torch.cuda.is_available()):
         return spread([time_ms(fn, warmup=2, reps=reps) for _ in range(repeats)])
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -92,12 +92,14 @@ def bench_dtype(dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
                 t, args.bits, granularity=gran, group_size=args.group_size)))
     for gran, path, fq in cases:
         row = {"dtype": name, "granularity": gran, "path": path}
-        with kernels.use_backend(path if path in kernels.BACKENDS else "reference"):
-            if path in kernels.BACKENDS:
+        ours = path in kernels.BACKENDS  # torch's op syncs: not capturable, timed eagerly
+        row["timing"] = "graph" if ours else "eager"
+        with kernels.use_backend(path if ours else "reference"):
+            if ours:
                 row["exact"] = _exact(fq, x, g, gran, args.bits)
-            row["fwd"] = _repeat(lambda fq=fq: fq(x), args.repeats, args.reps)
+            row["fwd"] = _repeat(lambda fq=fq: fq(x), args.repeats, args.reps, ours)
             row["f+b"] = _repeat(lambda fq=fq: torch.autograd.grad(fq(x), x, g),
-                                 args.repeats, args.reps)
+                                 args.repeats, args.reps, ours)
             row["eager_fb_ms"] = statistics.median(
                 time_ms(lambda fq=fq: torch.autograd.grad(fq(x), x, g), reps=args.reps))
         for mode, tensors in (("fwd", 2), ("f+b", 4)):

@@ -132,9 +132,12 @@ def _fake_quant_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, grid, scale, zp, clamped)  # x: a weight, alive anyway
     ctx.granularity, ctx.group_size = granularity, group_size
     ctx.mark_non_differentiable(scale, zp, clamped)
+    ctx.set_materialize_grads(False)  # no zero-filled grads for the outputs nobody uses
 
 
 def _fake_quant_grad(ctx, gy, *_):
+    if gy is None:
+        return None, None, None, None, None, None
     x, grid, scale, zp, clamped = ctx.saved_tensors
     dx = _fake_quant_backward(gy, x, grid, scale, zp, clamped, ctx.granularity, ctx.group_size)
     return dx, None, None, None, None, None
@@ -168,6 +171,7 @@ def _given_setup(ctx, inputs, output) -> None:
     x, scale, zero_point, qmin, qmax, _ = inputs
     inside = output[1]
     ctx.mark_non_differentiable(inside)
+    ctx.set_materialize_grads(False)  # else autograd zero-fills a mask-sized uint8 grad
     ctx.x_dtype, ctx.qmin, ctx.qmax = x.dtype, qmin, qmax
     if scale.requires_grad:  # LSQ needs x; a frozen scale keeps only the 1-byte mask
         ctx.save_for_backward(inside, x, scale, zero_point)
@@ -192,6 +196,8 @@ def _masked_grad_fake(g, inside, dtype):
 
 
 def _given_grad(ctx, gy, _):
+    if gy is None:
+        return None, None, None, None, None, None
     inside, *lsq = ctx.saved_tensors
     dx = _masked_grad(gy, inside, ctx.x_dtype)
     if not lsq:
