@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.timing import meta, spread, sync, time_ms, write_json
 from fraqat import kernels, ops
-from fraqat.quant import QParams, compute_qparams, fake_quantize
+from fraqat.quant import QParams, compute_qparams, fake_quantize, grid_tensor
 
 BOUND = {"tensor": {"fwd": 2 / 3, "f+b": 4 / 5}}  # of copy: the extra read of x
 
@@ -86,10 +86,11 @@ def bench_dtype(dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
     cases: list[tuple[str, str, Callable]] = [("channel", "torch per-channel INT4", lambda t:
         torch.fake_quantize_per_channel_affine(t, qp.scale.flatten(), qp.zero_point.flatten(),
                                                0, qp.quant_min, qp.quant_max))]
+    grid = grid_tensor(args.bits, True, x.device)  # as the layers hold it: capturable
     for gran in ("tensor", "channel", "group"):
         for path in args.paths.split(","):
-            cases.append((gran, path, lambda t, gran=gran: ops.fake_quantize(
-                t, args.bits, granularity=gran, group_size=args.group_size)))
+            cases.append((gran, path, lambda t, gran=gran: ops.fake_quantize_grid(
+                t, grid, granularity=gran, group_size=args.group_size)))
     for gran, path, fq in cases:
         row = {"dtype": name, "granularity": gran, "path": path}
         ours = path in kernels.BACKENDS  # torch's op syncs: not capturable, timed eagerly

@@ -137,14 +137,17 @@ def fake_quant(x: torch.Tensor, grid: torch.Tensor, granularity: str, group_size
                 plan.groups_per_row, SYMMETRIC=symmetric, BLOCK_G=plan.block_g,
                 G_PAD=plan.g_pad, EVEN=plan.even, num_warps=_warps(plan))
             return y, scale, zp, clamped
-        stats = torch.zeros(3, dtype=torch.int32, device=dev)  # -min, max (float bits), clamped
+        # one zeroed buffer: clamped flag (returned: offset 0, aligned as inductor requires),
+        # then -min(x,0) and max(x,0) as float bits
+        buf = torch.zeros(3, dtype=torch.int32, device=dev)
+        clamped, stats = buf[:1], buf[1:]
         blocks = triton.cdiv(plan.n, _BLOCK)
         _tensor_stats_kernel[(min(blocks, 4 * _sm_count(dev)),)](xc, stats, plan.n,
                                                                  BLOCK=_BLOCK, num_warps=8)
-        _tensor_fwd_kernel[(blocks,)](xc, y, stats, grid, scale, zp, stats[2:], plan.n, 0.0, 0.0,
+        _tensor_fwd_kernel[(blocks,)](xc, y, stats, grid, scale, zp, clamped, plan.n, 0.0, 0.0,
                                       SYMMETRIC=symmetric, GIVEN=False, BLOCK=_BLOCK,
                                       num_warps=8)
-    return y, scale, zp, stats[2:]
+    return y, scale, zp, clamped
 
 
 def fake_quant_backward(g: torch.Tensor, x: torch.Tensor, grid: torch.Tensor,
