@@ -179,15 +179,19 @@ def _given_setup(ctx, inputs, output) -> None:
         ctx.save_for_backward(inside)
 
 
+def _masked_grad_reference(g: Tensor, inside: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty_like(inside, dtype=dtype).copy_(torch.where(inside.bool(), g, 0.0))
+
+
 @torch.library.custom_op("fraqat::masked_grad", mutates_args=())
 def _masked_grad(g: Tensor, inside: Tensor, dtype: torch.dtype) -> Tensor:
-    return torch.where(inside.bool(), g, 0.0).to(dtype)
+    return _masked_grad_reference(g, inside, dtype)
 
 
 @_masked_grad.register_kernel("cuda")
 def _masked_grad_cuda(g, inside, dtype):
     dx = kernels.masked_grad(g, inside, dtype)
-    return dx if dx is not None else torch.where(inside.bool(), g, 0.0).to(dtype)
+    return dx if dx is not None else _masked_grad_reference(g, inside, dtype)
 
 
 @_masked_grad.register_fake

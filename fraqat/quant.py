@@ -239,5 +239,7 @@ def reference_fake_quant_given(x: torch.Tensor, scale: torch.Tensor, zero_point:
     q = torch.round(xf * (1.0 / scale.detach())) + zp
     inside = (q >= qmin) & (q <= qmax_)
     y = (torch.clamp(q, qmin, qmax_) - zp) * scale.detach()
-    return y.to(out_dtype), inside.to(torch.uint8)
+    # the layout of torch.empty_like(x), which the op's fake implementation promises
+    return (torch.empty_like(x, dtype=out_dtype).copy_(y),
+            torch.empty_like(x, dtype=torch.uint8).copy_(inside))
 
