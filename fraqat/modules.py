@@ -13,6 +13,7 @@ import fnmatch
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,9 @@ from torch import nn
 from fraqat import ops
 from fraqat.activations import ActQuantizer
 from fraqat.quant import GRANULARITIES, check_bits, grid_tensor
+
+if TYPE_CHECKING:
+    from fraqat.params import Params
 
 KEEP_8BIT_DEFAULT = 8.0
 
@@ -55,6 +59,17 @@ class QuantConfig:
         gs = self.group_size
         if isinstance(gs, bool) or not isinstance(gs, int) or gs < 1:
             raise ValueError(f"group_size={gs!r} is not allowed (allowed: an integer >= 1)")
+
+    @classmethod
+    def from_params(cls, params: Params, weight_bits: float | None = None) -> QuantConfig:
+        """The config that validated ``params`` describe (``weight_bits`` defaults to
+        ``params.bits``); field names are those of the ``quant:`` section."""
+        q = params.quant
+        return cls(weight_bits=params.bits if weight_bits is None else weight_bits,
+                   act_bits=params.act_bits, granularity=q.granularity, group_size=q.group_size,
+                   symmetric=q.symmetric, act_symmetric=q.act_symmetric,
+                   learn_act_scale=q.learn_act_scale, skip=list(q.skip),
+                   keep_8bit=list(q.keep_8bit))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,7 +30,7 @@ from fraqat import distributed
 from fraqat.checkpoint import load_checkpoint, save_checkpoint
 from fraqat.data import PROMPTS
 from fraqat.errors import FraqatError
-from fraqat.flow import cosine_lr
+from fraqat.io import atomic_path
 from fraqat.models import TextToImage
 from fraqat.modules import (
     calibrate_activations,
@@ -38,7 +39,11 @@ from fraqat.modules import (
     set_weight_bits,
     weight_bits,
 )
+from fraqat.schedule import LRSchedule, Schedule, make_lr_schedule
 from fraqat.train_step import StepRunner
+
+if TYPE_CHECKING:
+    from fraqat.params import TrainParams
 
 log = logging.getLogger(__name__)
 LOG_COLUMNS = ("step", "loss", "bits", "lr", "target_loss")
@@ -52,14 +57,21 @@ class TrainConfig:
     batch_size: int
     checkpoint_every: int
     seed: int
-    lr_schedule: str = "cosine"
-    lr_restart_per_stage: bool = False
+    lr_schedule: str | LRSchedule = "cosine"
     flow_matching_weight: float = 0.0
     probe_every: int = 50
-    warmup: int = 0
+    warmup_steps: int = 0
     fingerprint: str = ""
     cuda_graphs: str = "auto"  # auto | on | off (fraqat.train_step)
     autocast: str = "auto"  # auto (bf16 on CUDA, off on the CPU) | bf16 | off
+
+    @classmethod
+    def from_params(cls, train: TrainParams, *, steps: int, seed: int,
+                    fingerprint: str = "") -> TrainConfig:
+        """The loop's settings from the validated ``train:`` params (same field names)."""
+        same = {f.name: getattr(train, f.name) for f in fields(cls) if f.name in
+                type(train).model_fields and f.name != "steps"}
+        return cls(steps=steps, seed=seed, fingerprint=fingerprint, **same)
 
 
 AUTOCAST = ("auto", "bf16", "off")
@@ -88,8 +100,9 @@ class DistillData:
         return len(self.t)
 
     def to(self, device: torch.device | str) -> DistillData:
-        return DistillData(*(None if getattr(self, f.name) is None
-                             else getattr(self, f.name).to(device) for f in fields(self)))
+        target = None if self.target_v is None else self.target_v.to(device)
+        return DistillData(self.x_t.to(device), self.t.to(device), self.labels.to(device),
+                           self.teacher_v.to(device), target)
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -98,26 +111,19 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     return torch.randint(0, n, (batch_size,), generator=g)
 
 
-def stage_start(schedule, step: int) -> int:
-    """First step of the constant-bits stage that contains ``step`` (for per-stage restarts)."""
-    starts = [b for b in getattr(schedule, "boundaries", (0,)) if b <= step]
-    return starts[-1] if starts else 0
-
-
-def learning_rate(cfg: TrainConfig, schedule, step: int) -> float:
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    if cfg.lr_restart_per_stage and hasattr(schedule, "boundaries"):
-        start = stage_start(schedule, step)
-        ends = [b for b in schedule.boundaries if b > step] + [cfg.steps]
-        return cosine_lr(step - start, ends[0] - start, cfg.lr)
-    return cosine_lr(step, cfg.steps, cfg.lr, warmup=cfg.warmup)
+def learning_rate(cfg: TrainConfig, schedule: Schedule, step: int) -> float:
+    """``cfg.lr_schedule`` is an :class:`~fraqat.schedule.LRSchedule` or a shape's name."""
+    lr = cfg.lr_schedule
+    if isinstance(lr, str):
+        lr = make_lr_schedule(lr, cfg.lr, schedule, warmup=cfg.warmup_steps)
+    return lr.lr_at(step)
 
 
 class Trainer:
     """Runs one (method, seed): the student must already be quantized and calibrated."""
 
-    def __init__(self, student: TextToImage, data: DistillData, schedule, cfg: TrainConfig,
+    def __init__(self, student: TextToImage, data: DistillData, schedule: Schedule,
+                 cfg: TrainConfig,
                  checkpoint_dir: Path, log_path: Path, probe: DistillData | None = None):
         self.student, self.data, self.schedule, self.cfg = student, data, schedule, cfg
         self.checkpoint_dir, self.log_path, self.probe = checkpoint_dir, log_path, probe
@@ -152,7 +158,7 @@ class Trainer:
         """Distillation loss on held-out data at the *target* bits (what deployment sees)."""
         if self.probe is None:
             return float("nan")
-        target = self.schedule.bits_at(self.cfg.steps - 1)
+        target = self.schedule.target
         with weight_bits(self._module(), target), self._autocast():
             return self.loss_on(self.probe, torch.arange(len(self.probe))).item()
 
@@ -184,13 +190,10 @@ class Trainer:
         return state["step"]
 
     def write_log(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.log_path.with_suffix(".tsv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.log_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, LOG_COLUMNS, delimiter="\t", lineterminator="\n")
             w.writeheader()
             w.writerows(self.rows)
-        tmp.replace(self.log_path)
 
     def build_runner(self) -> StepRunner:
         """The forward + backward of one step, eager or CUDA-graphed (see train_step)."""
@@ -225,6 +228,14 @@ class Trainer:
         return loss, bits, lr
 
     def fit(self) -> dict:
+        """Train ``cfg.steps`` steps (resuming if a checkpoint matches); 0 steps is PTQ.
+
+        With 0 steps nothing is updated: the log holds one row, the loss on the first
+        calibration points and the held-out probe at the target bits, the round-to-nearest
+        floor every trained method starts from.
+        """
+        if self.cfg.steps == 0:
+            return self._evaluate_only()
         cfg, tr = self.cfg, self.student.transformer
         start = self._resume()
         tr.train()
@@ -260,6 +271,20 @@ class Trainer:
         return {"final_loss": sum(tail) / len(tail),
                 "final_target_loss": self.rows[-1]["target_loss"], "steps": cfg.steps,
                 "resumed_from": start, "wall_seconds": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def _evaluate_only(self) -> dict:
+        t0 = time.perf_counter()
+        target = self.schedule.target
+        set_weight_bits(self.student.transformer, target)
+        loss = self.loss_on(self.data, torch.arange(min(len(self.data), 512))).item()
+        self.rows = [{"step": 0, "loss": round(loss, 7), "bits": target, "lr": 0.0,
+                      "target_loss": round(self.probe_loss(), 7)}]
+        if distributed.is_main():
+            self.write_log()
+        return {"final_loss": self.rows[0]["loss"],
+                "final_target_loss": self.rows[0]["target_loss"], "steps": 0,
+                "resumed_from": 0, "wall_seconds": time.perf_counter() - t0}
 
 
 def calibrate(student: TextToImage, data: DistillData, batch_size: int = 256,

@@ -1,74 +1,51 @@
-"""The package's import graph: no circle anywhere, and the quantization core stays pure."""
+"""The import graph: no circle, stages import only the library, dvc.yaml deps are exact."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "fraqat"
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PKG.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+from pipelines.code_deps import PACKAGE, ROOT, STAGES, closure, find_cycle, imports_of, stage_code
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> fraqat modules it imports (at any depth of the file, functions included).
-
-    ``from fraqat import kernels`` counts as importing ``fraqat.kernels``, not the package.
-    """
-    modules = {_module_name(p): p for p in PKG.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                subs = {f"{node.module}.{a.name}" for a in node.names}  # from pkg import mod
-                deps |= (subs & modules.keys()) or {node.module}
-        graph[name] = {d for d in deps if d in modules and d != name}
-    return graph
+def test_the_package_has_no_import_circle():
+    cycle = find_cycle()
+    assert cycle is None, " -> ".join(str(p.relative_to(ROOT)) for p in cycle)
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for dep in sorted(graph[node]):
-            if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
-            if dep not in state and (found := visit(dep)):
-                return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (found := visit(node)):
-            return found
-    return None
+def test_stages_import_the_library_never_another_stage():
+    for path in (PACKAGE / "stages").glob("*.py"):
+        others = {p for p in imports_of(path) if p.parent == PACKAGE / "stages"}
+        assert not others, f"{path.name} imports {sorted(p.name for p in others)}"
 
 
-def test_find_cycle_detects_a_circle() -> None:
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set()}) is None
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_code_deps_are_exactly_its_import_closure(name):
+    listed = {d for d in STAGES[name].get("deps", []) if d.startswith("fraqat/")}
+    want = stage_code(STAGES[name])
+    assert listed == want, (f"dvc.yaml stage {name}: missing {sorted(want - listed)}, "
+                            f"not imported {sorted(listed - want)}")
 
 
-def test_no_import_cycle_in_the_package() -> None:
-    cycle = find_cycle(import_graph())
-    assert cycle is None, " -> ".join(cycle or [])
+def test_the_closure_sees_nested_imports_and_the_packages_on_the_way():
+    assert PACKAGE / "io.py" in imports_of(PACKAGE / "artifacts.py")
+    calibrate = closure(PACKAGE / "stages" / "calibrate.py")
+    assert {PACKAGE / "data.py", PACKAGE / "__init__.py", PACKAGE / "stages/__init__.py"} \
+        <= calibrate
+    assert PACKAGE / "export/encodings.py" in closure(PACKAGE / "export/graph.py")
 
 
-def test_quantization_core_layers() -> None:
-    """quant: pure reference; kernels: nothing of fraqat; ops: the one dispatch point."""
-    graph = import_graph()
-    assert graph["fraqat.quant"] == set()
-    assert graph["fraqat.kernels"] <= {"fraqat.quant"}
-    assert graph["fraqat.ops"] <= {"fraqat.quant", "fraqat.kernels"}
-    users = {m for m, deps in graph.items() if "fraqat.kernels" in deps}
-    assert users <= {"fraqat.ops"}, users
+def test_the_writer_leaves_a_current_dvc_yaml_unchanged():
+    from pipelines.code_deps import rewrite
+
+    text = (ROOT / "dvc.yaml").read_text()
+    assert rewrite(text) == text
+
+
+def test_quantization_core_layers():
+    """quant: the pure reference; kernels: only the core; ops: the one dispatch point."""
+    quant, kernels, ops = (PACKAGE / f"{m}.py" for m in ("quant", "kernels", "ops"))
+    assert imports_of(quant) == frozenset()
+    assert imports_of(kernels) <= {quant}
+    assert imports_of(ops) <= {quant, kernels}
+    users = {p.name for p in PACKAGE.rglob("*.py") if kernels in imports_of(p)}
+    assert users <= {"ops.py"}, users
