@@ -37,8 +37,8 @@ _EPS = torch.finfo(torch.float32).eps
 
 def check_bits(bits: object, name: str = "bits") -> float:
     """Return ``bits`` as a float, or raise ValueError naming the bad value."""
-    ok = isinstance(bits, (int, float)) and not isinstance(bits, bool)
-    if not ok or not math.isfinite(bits) or not MIN_BITS <= bits <= MAX_BITS:
+    if (isinstance(bits, bool) or not isinstance(bits, (int, float))
+            or not math.isfinite(bits) or not MIN_BITS <= bits <= MAX_BITS):
         raise ValueError(f"{name}={bits!r} is not allowed (allowed: a real number in "
                          f"[{MIN_BITS:g}, {MAX_BITS:g}])")
     return float(bits)

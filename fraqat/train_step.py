@@ -87,6 +87,7 @@ class StepRunner:
                 self.release()
                 self.graphs = False
                 return self.forward_backward(idx)
+        assert self._graph is not None and self._idx is not None and self._loss is not None
         self._idx.copy_(idx)
         self._graph.replay()
         return self._loss
