@@ -19,6 +19,8 @@ CUDA graphs read the new value at their next replay.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -44,9 +46,16 @@ def fake_quantize(x: Tensor, bits: float, *, granularity: str = "tensor", axis: 
     """
     bits = check_bits(bits)
     _check_granularity(x, granularity, axis, group_size)
-    return fake_quantize_grid(x, grid_tensor(bits, symmetric, x.device), granularity=granularity,
+    return fake_quantize_grid(x, _grid(bits, symmetric, x.device), granularity=granularity,
                               axis=axis, group_size=group_size, symmetric=symmetric,
                               out_dtype=out_dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(bits: float, symmetric: bool, device: torch.device) -> Tensor:
+    """One read-only grid tensor per (bits, device): no host-to-device copy per call, so the
+    functional form is CUDA-graph capturable after its first call."""
+    return grid_tensor(bits, symmetric, device)
 
 
 def fake_quantize_grid(x: Tensor, grid: Tensor, *, granularity: str = "tensor", axis: int = 0,
