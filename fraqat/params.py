@@ -78,6 +78,7 @@ class TrainParams(_Strict):
     warmup_steps: int = Field(0, ge=0)
     probe_every: int = Field(50, ge=1)
     probe_samples: int = Field(256, ge=1)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicas or shards (FSDP2)
 
 
 class EvalParams(_Strict):

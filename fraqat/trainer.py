@@ -55,6 +55,7 @@ class TrainConfig:
     probe_every: int = 50
     warmup_steps: int = 0
     fingerprint: str = ""
+    parallel: str = "ddp"  # ddp | fsdp (fraqat.sharded_trainer)
 
     @classmethod
     def from_params(cls, train: TrainParams, *, steps: int, seed: int,
@@ -165,6 +166,15 @@ class Trainer:
         log.info("resumed from %s at step %d", self.checkpoint_dir, state["step"])
         return state["step"]
 
+    def _wrap(self, tr: torch.nn.Module) -> torch.nn.Module:
+        """Same init on every rank; DDP averages gradients."""
+        return DistributedDataParallel(tr) if distributed.world_size() > 1 else tr
+
+    def _save_checkpoint(self, step: int) -> None:
+        if distributed.is_main():
+            save_checkpoint(self.checkpoint_dir, self._state(step))
+        distributed.barrier()
+
     def write_log(self) -> None:
         with atomic_path(self.log_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, LOG_COLUMNS, delimiter="\t", lineterminator="\n")
@@ -183,8 +193,7 @@ class Trainer:
         cfg, tr = self.cfg, self.student.transformer
         start = self._resume()
         tr.train()
-        if distributed.world_size() > 1:  # same init on every rank; DDP averages gradients
-            self.student.transformer = DistributedDataParallel(tr)
+        self.student.transformer = self._wrap(tr)
         t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps,
                    mininterval=2, disable=not distributed.is_main())
@@ -213,9 +222,7 @@ class Trainer:
             self.rows.append(row)
             bar.set_postfix(bits=row["bits"], loss=f"{loss.item():.4f}", refresh=False)
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                if distributed.is_main():
-                    save_checkpoint(self.checkpoint_dir, self._state(step + 1))
-                distributed.barrier()
+                self._save_checkpoint(step + 1)
                 last_good = step + 1
         self.student.transformer = tr  # unwrap DDP
         set_weight_bits(tr, self.schedule.bits_at(cfg.steps - 1))

@@ -26,7 +26,8 @@ from fraqat.modules import QuantConfig, layer_report, set_weight_bits
 from fraqat.params import Params
 from fraqat.runs import quantized_copy, save_run
 from fraqat.schedule import make_schedule, steps_at_target
-from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
+from fraqat.sharded_trainer import make_trainer
+from fraqat.trainer import DistillData, TrainConfig, calibrate
 
 log = logging.getLogger(__name__)
 SCHEDULE_OF = {"ptq": "constant", "qat": "constant", "qat-target-steps": "constant",
@@ -85,7 +86,7 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
     cfg = TrainConfig.from_params(
         t, steps=0 if method == "ptq" else schedule.total_steps, seed=seed,
         fingerprint=fingerprint({"params": params.model_dump(), "method": method, "seed": seed}))
-    result = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe).fit()
+    result = make_trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe).fit()
     return student.to("cpu"), result
 
 
