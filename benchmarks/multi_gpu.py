@@ -201,14 +201,15 @@ def bench_ddp(args, device: torch.device) -> dict:
 # --- fsdp: large models, sharded from the meta device ---------------------------------------
 
 
-def inputs(name: str, model: torch.nn.Module, batch: int, tiny: bool,
-           device: torch.device) -> dict:
-    """Random forward kwargs of ``model`` at the benchmark's sequence lengths."""
+def inputs(name: str, model: torch.nn.Module, batch: int, tiny: bool, device: torch.device,
+           image_tokens: int | None = None) -> dict:
+    """Random forward kwargs of ``model`` at the benchmark's sequence lengths (FLUX: 4096
+    image tokens = 1024 px, 1024 = 512 px; 256 text tokens as FLUX.1-schnell's pipeline)."""
     _, _, _, latent, text = MODELS[name]
     cfg, g = model.config, torch.Generator().manual_seed(2)
     text = 8 if tiny else text
     if name == "flux-schnell":
-        tokens = 16 if tiny else latent
+        tokens = 16 if tiny else image_tokens or latent
         kw = dict(hidden_states=torch.randn(batch, tokens, cfg.in_channels, generator=g),
                   encoder_hidden_states=torch.randn(batch, text, cfg.joint_attention_dim,
                                                     generator=g),
@@ -249,7 +250,7 @@ def bench_fsdp(args, device: torch.device) -> dict:
             q.freeze()
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    kw = inputs(args.model, model, args.batch, args.tiny, device)
+    kw = inputs(args.model, model, args.batch, args.tiny, device, args.image_tokens)
     target = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -289,8 +290,9 @@ def table(paths: list[Path]) -> dict:
     ddp = sorted((r for r in runs if r["mode"] == "ddp"), key=lambda r: r["gpus"])
     one = {row["variant"]: row for r in ddp if r["gpus"] == 1 for row in r["rows"]}
     ref_losses = next((r["trajectory"]["losses"] for r in ddp if r["gpus"] == 1), None)
-    lines = ["| DDP (Sana-600M) | GPUs | batch/GPU | step ms median [min, max] | steps/s | "
-             "scaling × (eff.) | peak GiB/GPU | loss vs 1 GPU (max rel.) |", "|---" * 8 + "|"]
+    head = ("| DDP (Sana-600M) | GPUs | batch/GPU | step ms median [min, max] | steps/s | "
+            "scaling × (eff.) | peak GiB/GPU | loss vs 1 GPU (max rel.) |")
+    lines = [head, "|---" * 8 + "|"] if ddp else []
     out_rows = []
     for r in ddp:
         rel = None
@@ -310,20 +312,23 @@ def table(paths: list[Path]) -> dict:
                 + (f"{speed:.2f} ({100 * speed / row['gpus']:.0f} %)" if speed else "-")
                 + f" | {max(row['peak_gib']):.1f} | " + ("-" if rel is None else f"{rel:.1e}")
                 + " |")
-    lines += ["", "| FSDP model | params | GPUs | W/A | act. ckpt | inputs | step ms median "
-              "[min, max] | peak GiB/GPU (max) |", "|---" * 8 + "|"]
-    for r in (r for r in runs if r["mode"] == "fsdp"):
+    fsdp = [r for r in runs if r["mode"] == "fsdp"]
+    head = ("| FSDP model | params | GPUs | W/A | act. ckpt | inputs | step ms median "
+            "[min, max] | peak GiB/GPU (max) |")
+    lines += ["", head, "|---" * 8 + "|"] if fsdp else []
+    for r in fsdp:
         for row in r["rows"]:
             out_rows.append({"mode": "fsdp", **row})
             shapes = ", ".join("x".join(map(str, s)) for s in row["tokens"].values())
-            lines.append(f"| {row['model']} | {row['params'] / 1e9:.2f} B | {row['gpus']} | "
+            lines.append(f"| {row['model']} | {row['params'] / 1e9:.3f} B | {row['gpus']} | "
                          f"{row['quant']} | {'on' if row['checkpointing'] else 'off'} | "
                          f"{shapes} | {row['median_ms']:.1f} [{row['min_ms']:.1f}, "
                          f"{row['max_ms']:.1f}] | {max(row['peak_gib']):.1f} |")
-    print("\n".join(lines))
+    text = "\n".join(lines).strip()
+    print(text)
     devices = sorted({r["device"] for r in runs})
     return {"device": devices, "torch": sorted({r["torch"] for r in runs}), "rows": out_rows,
-            "table": "\n".join(lines)}
+            "table": text}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -337,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--traj-steps", type=int, default=5)
     ap.add_argument("--traj-batch", type=int, default=8, help="global batch of the trajectory")
     ap.add_argument("--checkpointing", action="store_true", help="fsdp: activation checkpoints")
+    ap.add_argument("--image-tokens", type=int, default=None, help="fsdp flux: default 4096")
     ap.add_argument("--fp", action="store_true", help="fsdp: full precision instead of W4A8")
     ap.add_argument("--tiny", action="store_true", help="toy configs on the CPU (gloo)")
     ap.add_argument("--json", type=Path, default=None)
