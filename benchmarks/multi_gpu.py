@@ -3,10 +3,10 @@
 One torchrun launch per (mode, world size) writes one JSON; ``table`` merges them into one
 table and one JSON naming the device (commands: ``benchmarks/MULTI_GPU.md``)::
 
-    torchrun --nproc-per-node N benchmarks/multi_gpu.py ddp --json $OUT/ddp-N.json
-    torchrun --nproc-per-node 4 benchmarks/multi_gpu.py fsdp --model flux-schnell \
+    torchrun --nproc-per-node N -m benchmarks.multi_gpu ddp --json $OUT/ddp-N.json
+    torchrun --nproc-per-node 4 -m benchmarks.multi_gpu fsdp --model flux-schnell \
         [--checkpointing] --json $OUT/fsdp-flux.json
-    python benchmarks/multi_gpu.py table $OUT/*.json --json $OUT/multi_gpu.json
+    python -m benchmarks.multi_gpu table $OUT/*.json --json $OUT/multi_gpu.json
 
 ddp: :class:`fraqat.trainer.Trainer` itself (its ``fit``: batch slicing, DDP, the loss
 all-reduce, AdamW) on the Sana-600M config (random init, bf16 autocast, 300 masked caption
@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,11 +41,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from benchmarks.timing import meta, write_json
 from fraqat import distributed, sharding
 from fraqat.activations import ActQuantizer
 from fraqat.data import PROMPTS
 from fraqat.models import TextToImage
-from fraqat.modules import QuantConfig, quantize_model
+from fraqat.modules import QuantConfig, quant_layers, quantize_model
+from fraqat.quant import grid_tensor
 from fraqat.schedule import make_schedule
 from fraqat.text_encoder import PromptEncoder
 from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
@@ -231,6 +232,19 @@ def inputs(name: str, model: torch.nn.Module, batch: int, tiny: bool, device: to
     return {k: v.to(device) for k, v in kw.items()}
 
 
+@torch.no_grad()
+def quantizer_state(model: torch.nn.Module) -> None:
+    """Values of the quantizers' buffers, made on the meta device by the swap: each layer's
+    bit grid, and activation ranges [-8, 8] frozen into INT8 scales (no calibration data)."""
+    for _, layer in quant_layers(model):
+        layer.weight_grid.copy_(grid_tensor(layer.effective_bits, layer.symmetric))
+    for q in model.modules():
+        if isinstance(q, ActQuantizer):
+            q.min_val.fill_(-8.0)
+            q.max_val.fill_(8.0)
+            q.freeze()
+
+
 def bench_fsdp(args, device: torch.device) -> dict:
     world = distributed.world_size()
     torch.manual_seed(0)
@@ -243,11 +257,7 @@ def bench_fsdp(args, device: torch.device) -> dict:
         model.enable_gradient_checkpointing()
     sharding.shard(model, sharding.device_mesh(device))
     sharding.materialize(model, device)
-    for q in model.modules():
-        if isinstance(q, ActQuantizer):
-            q.min_val.fill_(-8.0)
-            q.max_val.fill_(8.0)
-            q.freeze()
+    quantizer_state(model)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     kw = inputs(args.model, model, args.batch, args.tiny, device, args.image_tokens)
@@ -276,12 +286,6 @@ def bench_fsdp(args, device: torch.device) -> dict:
 
 
 # --- the table ------------------------------------------------------------------------------
-
-
-def device_name() -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
 
 
 def table(paths: list[Path]) -> dict:
@@ -353,10 +357,10 @@ def main(argv: list[str] | None = None) -> None:
         args.batch = args.batch or (8 if args.mode == "ddp" else 1)
         device = setup(args.tiny)
         result = (bench_ddp if args.mode == "ddp" else bench_fsdp)(args, device)
-        result.update(device=device_name() if device.type == "cuda" else
-                      f"cpu ({distributed.world_size()} gloo processes)",
-                      torch=torch.__version__, date=datetime.date.today().isoformat(),
-                      argv=sys.argv[1:])
+        result.update(meta())
+        result["device"] = (f"{distributed.world_size()}x {result['device']}"
+                            if device.type == "cuda" else
+                            f"cpu ({distributed.world_size()} gloo processes)")
         rank = distributed.rank()
         if dist.is_initialized():
             dist.barrier()
@@ -364,9 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         if rank != 0:
             return
         print(json.dumps(result["rows"], indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

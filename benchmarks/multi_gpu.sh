@@ -15,7 +15,7 @@ launch() {  # launch NAME SECONDS NPROC ARGS...
   shift 3
   local t0=$SECONDS
   timeout "$limit" python3 -m torch.distributed.run --standalone --nproc-per-node "$n" \
-    benchmarks/multi_gpu.py "$@" ${MULTI_GPU_ARGS:-} --json "$out/$name.json" > "$out/$name.log" 2>&1
+    -m benchmarks.multi_gpu "$@" ${MULTI_GPU_ARGS:-} --json "$out/$name.json" > "$out/$name.log" 2>&1
   echo "$name: exit $? after $((SECONDS - t0)) s"
 }
 case $part in
@@ -35,4 +35,4 @@ case $part in
   *) echo "unknown part $part (allowed: ddp, flux, light)" >&2; exit 2 ;;
 esac
 shopt -s nullglob
-python3 benchmarks/multi_gpu.py table "$out"/*.json --json "$out/multi_gpu-$part.json"
+python3 -m benchmarks.multi_gpu table "$out"/*.json --json "$out/multi_gpu-$part.json"

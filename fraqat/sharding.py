@@ -40,7 +40,6 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from fraqat.errors import ParamsError
-from fraqat.modules import quant_layers
 
 PARALLEL = ("ddp", "fsdp")
 
@@ -118,7 +117,8 @@ def gather(sharded: nn.Module, plain: nn.Module) -> nn.Module:
     """Fill ``plain`` (a :func:`meta_copy`) with ``sharded``'s full state; a collective.
 
     Every rank receives the full tensors. Host-side state that is not a tensor (each quantized
-    layer's weight bits, train/eval mode) is copied too.
+    layer's weight bits and its cached grid bits, calibration flags, train/eval mode: every
+    scalar instance attribute) is copied too.
     """
     full = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True))
     device = next(sharded.parameters()).device  # a DTensor reports its local device
@@ -127,9 +127,12 @@ def gather(sharded: nn.Module, plain: nn.Module) -> nn.Module:
     with torch.no_grad():  # non-persistent buffers are not in the state dict; never sharded
         for name, buf in sharded.named_buffers():
             plain.get_buffer(name).copy_(buf)
-    for (_, a), (_, b) in zip(quant_layers(sharded), quant_layers(plain), strict=True):
-        b.weight_bits = a.weight_bits
-    return plain.train(sharded.training)
+    plain_modules = dict(plain.named_modules())
+    for name, mod in sharded.named_modules():
+        target = vars(plain_modules[name])
+        target.update({k: v for k, v in vars(mod).items()
+                       if k in target and isinstance(v, bool | int | float | str | None)})
+    return plain
 
 
 @contextmanager
@@ -161,7 +164,8 @@ def materialize(model: nn.Module, device: torch.device, seed: int = 0,
     """Allocate each rank's shard of a meta-built (sharded) model and fill it at random.
 
     Weights ~ N(0, std²) per rank (a benchmark stand-in for a checkpoint: timings do not depend
-    on the values), norm weights 1, biases 0; buffers keep their constructed values.
+    on the values), norm weights 1, biases 0; buffers that were real keep their constructed
+    values, those created on the meta device (e.g. by a module swap) must be set by the caller.
     """
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()
                if b.device.type != "meta"}

@@ -8,6 +8,8 @@ differs (:mod:`fraqat.schedule`). Loss at step k with bits b_k::
 
 Batches are a pure function of (seed, step), and checkpoints hold the model, optimizer and
 step, so a killed run resumes to the same final weights as an uninterrupted one (CPU).
+On CUDA the forward + backward is replayed from a CUDA graph (:mod:`fraqat.train_step`) and
+runs under bf16 autocast unless ``train.cuda_graphs`` / ``train.autocast`` say otherwise.
 """
 
 from __future__ import annotations
@@ -28,11 +30,17 @@ from fraqat import distributed
 from fraqat.checkpoint import load_checkpoint, save_checkpoint
 from fraqat.data import PROMPTS
 from fraqat.errors import FraqatError
-from fraqat.flow import cosine_lr
 from fraqat.io import atomic_path
 from fraqat.models import TextToImage
-from fraqat.modules import calibrate_activations, set_weight_bits, weight_bits
-from fraqat.schedule import Schedule
+from fraqat.modules import (
+    calibrate_activations,
+    forward_signature,
+    quant_layers,
+    set_weight_bits,
+    weight_bits,
+)
+from fraqat.schedule import LRSchedule, Schedule, make_lr_schedule
+from fraqat.train_step import StepRunner
 
 if TYPE_CHECKING:
     from fraqat.params import TrainParams
@@ -49,12 +57,13 @@ class TrainConfig:
     batch_size: int
     checkpoint_every: int
     seed: int
-    lr_schedule: str = "cosine"
-    lr_restart_per_stage: bool = False
+    lr_schedule: str | LRSchedule = "cosine"
     flow_matching_weight: float = 0.0
     probe_every: int = 50
     warmup_steps: int = 0
     fingerprint: str = ""
+    cuda_graphs: str = "auto"  # auto | on | off (fraqat.train_step)
+    autocast: str = "auto"  # auto (bf16 on CUDA, off on the CPU) | bf16 | off
     parallel: str = "ddp"  # ddp | fsdp (fraqat.sharded_trainer)
 
     @classmethod
@@ -64,6 +73,18 @@ class TrainConfig:
         same = {f.name: getattr(train, f.name) for f in fields(cls) if f.name in
                 type(train).model_fields and f.name != "steps"}
         return cls(steps=steps, seed=seed, fingerprint=fingerprint, **same)
+
+
+AUTOCAST = ("auto", "bf16", "off")
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.autocast`` on ``device`` (None: full precision)."""
+    if name not in AUTOCAST:
+        raise ValueError(f"autocast={name!r} is not allowed (allowed: {', '.join(AUTOCAST)})")
+    if name == "bf16" or (name == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 @dataclass
@@ -91,20 +112,12 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     return torch.randint(0, n, (batch_size,), generator=g)
 
 
-def stage_start(schedule: Schedule, step: int) -> int:
-    """First step of the constant-bits stage that contains ``step`` (for per-stage restarts)."""
-    starts = [b for b in schedule.boundaries if b <= step]
-    return starts[-1] if starts else 0
-
-
 def learning_rate(cfg: TrainConfig, schedule: Schedule, step: int) -> float:
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    if cfg.lr_restart_per_stage:
-        start = stage_start(schedule, step)
-        ends = [b for b in schedule.boundaries if b > step] + [cfg.steps]
-        return cosine_lr(step - start, ends[0] - start, cfg.lr)
-    return cosine_lr(step, cfg.steps, cfg.lr, warmup=cfg.warmup_steps)
+    """``cfg.lr_schedule`` is an :class:`~fraqat.schedule.LRSchedule` or a shape's name."""
+    lr = cfg.lr_schedule
+    if isinstance(lr, str):
+        lr = make_lr_schedule(lr, cfg.lr, schedule, warmup=cfg.warmup_steps)
+    return lr.lr_at(step)
 
 
 class Trainer:
@@ -116,8 +129,15 @@ class Trainer:
         self.student, self.data, self.schedule, self.cfg = student, data, schedule, cfg
         self.checkpoint_dir, self.log_path, self.probe = checkpoint_dir, log_path, probe
         self.encoder = student.encoder.requires_grad_(False)
-        params = [p for p in student.transformer.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        self.params = [p for p in student.transformer.parameters() if p.requires_grad]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0,
+                                     fused=self.device.type == "cuda" or None)
+        self.autocast_dtype = autocast_dtype(cfg.autocast, self.device)
+        self.runner: StepRunner | None = None  # built by fit(), after a DDP wrap
+        self._layers = [layer for _, layer in quant_layers(student.transformer)]
+        self._bits: object = ()  # bits last set on the model (set only on change)
+        self.last_good = 0
         self.rows: list[dict] = []
         with torch.no_grad():  # the encoder is frozen: encode the prompt set once
             self._prompt_hidden, self._prompt_mask = self.encoder.encode(list(PROMPTS))
@@ -140,8 +160,12 @@ class Trainer:
         if self.probe is None:
             return float("nan")
         target = self.schedule.target
-        with weight_bits(self._module(), target):
+        with weight_bits(self._module(), target), self._autocast():
             return self.loss_on(self.probe, torch.arange(len(self.probe))).item()
+
+    def _autocast(self):
+        return (torch.autocast(self.device.type, self.autocast_dtype)
+                if self.autocast_dtype else torch.autocast(self.device.type, enabled=False))
 
     def _module(self) -> torch.nn.Module:
         tr = self.student.transformer
@@ -181,6 +205,37 @@ class Trainer:
             w.writeheader()
             w.writerows(self.rows)
 
+    def build_runner(self) -> StepRunner:
+        """The forward + backward of one step, eager or CUDA-graphed (see train_step)."""
+        self.runner = StepRunner(lambda idx: self.loss_on(self.data, idx), self.params,
+                                 self.device, self.cfg.cuda_graphs, self.autocast_dtype,
+                                 distributed=distributed.world_size() > 1)  # DDP or FSDP
+        return self.runner
+
+    def train_step(self, step: int) -> tuple[torch.Tensor, float | None, float]:
+        """One optimizer step at ``step``: returns (loss on the device, bits, learning rate).
+
+        The loss is checked before the update: a non-finite loss stops with the last good
+        checkpoint kept, the weights untouched.
+        """
+        bits = self.schedule.bits_at(step)
+        if bits != self._bits:  # a copy into every layer's grid: only when it changes
+            set_weight_bits(self._module(), bits)
+            self._bits = bits
+        lr = learning_rate(self.cfg, self.schedule, step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        idx = distributed.shard(batch_indices(len(self.data), self.cfg.batch_size, self.cfg.seed,
+                                              step))
+        loss = self.runner.forward_backward(idx, key=forward_signature(self._layers))
+        if not math.isfinite(loss.item()):
+            raise FraqatError(f"non-finite loss ({loss.item()}) at step {step} "
+                              f"(bits={bits}, lr={lr:.3g}); stopped, the last good "
+                              f"checkpoint (step {self.last_good}) is kept in "
+                              f"{self.checkpoint_dir}")
+        self.opt.step()
+        return loss, bits, lr
+
     def fit(self) -> dict:
         """Train ``cfg.steps`` steps (resuming if a checkpoint matches); 0 steps is PTQ.
 
@@ -194,26 +249,13 @@ class Trainer:
         start = self._resume()
         tr.train()
         self.student.transformer = self._wrap(tr)
+        self.build_runner()
         t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps,
                    mininterval=2, disable=not distributed.is_main())
-        last_good = start
+        self.last_good = start
         for step in bar:
-            bits = self.schedule.bits_at(step)
-            set_weight_bits(tr, bits)
-            lr = learning_rate(cfg, self.schedule, step)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            idx = distributed.shard(batch_indices(len(self.data), cfg.batch_size, cfg.seed, step))
-            loss = self.loss_on(self.data, idx)
-            if not math.isfinite(loss.item()):
-                raise FraqatError(f"non-finite loss ({loss.item()}) at step {step} "
-                                  f"(bits={bits}, lr={lr:.3g}); stopped, the last good "
-                                  f"checkpoint (step {last_good}) is kept in "
-                                  f"{self.checkpoint_dir}")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            loss, bits, lr = self.train_step(step)
             loss = distributed.mean_across_ranks(loss)
             row = {"step": step, "loss": round(loss.item(), 7),
                    "bits": FP_BITS if bits is None else bits, "lr": lr, "target_loss": ""}
@@ -223,7 +265,9 @@ class Trainer:
             bar.set_postfix(bits=row["bits"], loss=f"{loss.item():.4f}", refresh=False)
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 self._save_checkpoint(step + 1)
-                last_good = step + 1
+                self.last_good = step + 1
+        self.runner.release()
+        self._bits = ()
         self.student.transformer = tr  # unwrap DDP
         set_weight_bits(tr, self.schedule.bits_at(cfg.steps - 1))
         tr.eval()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import multi_gpu
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("multi_gpu", ROOT / "benchmarks" / "multi_gpu.py")
-multi_gpu = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(multi_gpu)
 
 
 def test_tiny_ddp_fsdp_and_table(tmp_path, monkeypatch, capsys):
@@ -21,10 +19,11 @@ def test_tiny_ddp_fsdp_and_table(tmp_path, monkeypatch, capsys):
                     "--json", str(tmp_path / "ddp-1.json")])
     fsdp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(ROOT / "benchmarks" / "multi_gpu.py"), "fsdp", "--tiny", "--model", "flux-schnell",
+         "-m", "benchmarks.multi_gpu", "fsdp", "--tiny", "--model", "flux-schnell",
          "--checkpointing", "--steps", "2", "--warmup", "1", "--json",
          str(tmp_path / "fsdp.json")],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     multi_gpu.main(["table", str(tmp_path / "ddp-1.json"), str(tmp_path / "fsdp.json"),
                     "--json", str(tmp_path / "all.json")])
