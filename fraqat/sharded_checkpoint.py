@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -89,7 +90,7 @@ def save(folder: Path, meta: dict, model: nn.Module, optimizer: Optimizer) -> Pa
 def load(path: Path, model: nn.Module, optimizer: Optimizer) -> None:
     """Load ``path`` into the (sharded) ``model`` and ``optimizer`` in place (a collective)."""
     model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optim": optim_state}
+    state: dict[str, Any] = {"model": model_state, "optim": optim_state}
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])

@@ -129,8 +129,8 @@ def gather(sharded: nn.Module, plain: nn.Module) -> nn.Module:
             plain.get_buffer(name).copy_(buf)
     plain_modules = dict(plain.named_modules())
     for name, mod in sharded.named_modules():
-        target = vars(plain_modules[name])
-        target.update({k: v for k, v in vars(mod).items()
+        target = plain_modules[name].__dict__
+        target.update({k: v for k, v in mod.__dict__.items()
                        if k in target and isinstance(v, bool | int | float | str | None)})
     return plain
 

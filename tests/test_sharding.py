@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from fraqat import paths, sharded_checkpoint, sharding
-from fraqat.errors import ParamsError
+from fraqat.errors import FraqatError, ParamsError
 from fraqat.io import read_json
 from fraqat.modules import QuantConfig, quantize_model
 from fraqat.params import parse_params
@@ -168,3 +168,12 @@ def test_meta_parameters_keep_buffers_and_materialize_fills_parameters():
     assert torch.equal(model[1].running_var, torch.ones(8))  # buffers keep constructed values
     assert torch.equal(model[1].weight, torch.ones(8)) and not model[0].bias.any()
     assert 0.01 < model[0].weight.std() < 0.04
+
+
+def test_latest_ignores_unfinished_writes_and_corrupt_meta_is_one_line(tmp_path):
+    assert sharded_checkpoint.latest(tmp_path) is None
+    for name in ("dcp-4", "dcp-12", ".dcp-16.tmp", "dcp-x"):  # a write killed before its rename
+        (tmp_path / name).mkdir()
+    assert sharded_checkpoint.latest(tmp_path) == tmp_path / "dcp-12"
+    with pytest.raises(FraqatError, match=r"checkpoint .*dcp-12 is corrupt .*delete it"):
+        sharded_checkpoint.read_meta(tmp_path / "dcp-12")
