@@ -1,8 +1,8 @@
 """Fully sharded data parallelism for QAT students: PyTorch FSDP2 (``fully_shard``).
 
 Each rank keeps 1/N of every parameter, gradient and AdamW moment (fp32: 16 bytes per
-parameter / N) instead of DDP's full replica, which is what lets a 12 B model (192 GB of fp32
-training state) train on 4 × 80 GB GPUs at all.
+parameter / N) instead of DDP's full replica, which is what lets FLUX.1 (11.9 B parameters:
+190 GB of fp32 training state) train on 4 × 80 GB GPUs at all.
 
 **Fake-quant sees the whole weight.** ``fully_shard`` all-gathers a wrapped module's parameters
 in its pre-forward hook and registers the unsharded tensors on the modules for the duration of
