@@ -2,7 +2,7 @@
 # The GPU runs of benchmarks/multi_gpu.py, one part per machine kind (benchmarks/MULTI_GPU.md).
 #   bash benchmarks/multi_gpu.sh ddp OUT     # 4 GPUs: DDP scaling on 1, 2, 4 GPUs (Sana-600M)
 #   bash benchmarks/multi_gpu.sh flux OUT    # 4 GPUs: FLUX.1-schnell 12 B under FSDP
-#   bash benchmarks/multi_gpu.sh light OUT   # 2 GPUs: Sana-1.6B and SD3.5-Medium under FSDP
+#   bash benchmarks/multi_gpu.sh light OUT   # 2 GPUs: Sana-1.6B, SD3.5-Medium, `fraqat train`
 # Each launch has its own time limit and log; a failed launch (e.g. out of memory) leaves no
 # JSON and is listed as failed; the table merges what finished. MULTI_GPU_ARGS=--tiny: a CPU
 # dry run of the same launches at toy sizes.
@@ -31,7 +31,11 @@ case $part in
       --warmup 2 ;;
   light)
     launch fsdp-sana-1.6b 150 2 fsdp --model sana-1.6b --batch 8 --steps 10 --warmup 3
-    launch fsdp-sd3.5-medium 200 2 fsdp --model sd3.5-medium --batch 1 --steps 10 --warmup 3 ;;
+    launch fsdp-sd3.5-medium 200 2 fsdp --model sd3.5-medium --batch 1 --steps 10 --warmup 3
+    # `fraqat train` itself under FSDP on 2 GPUs vs 1 GPU (a gpu-marked test; needs pydantic)
+    timeout 150 python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/test_sharding.py \
+      > "$out/fsdp-trainer.log" 2>&1
+    echo "fsdp-trainer test: exit $?"; grep -E "FSDP trainer|passed|failed" "$out/fsdp-trainer.log" ;;
   *) echo "unknown part $part (allowed: ddp, flux, light)" >&2; exit 2 ;;
 esac
 shopt -s nullglob

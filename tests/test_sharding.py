@@ -178,3 +178,34 @@ def test_latest_ignores_unfinished_writes_and_corrupt_meta_is_one_line(tmp_path)
     assert sharded_checkpoint.latest(tmp_path) == tmp_path / "dcp-12"
     with pytest.raises(FraqatError, match=r"checkpoint .*dcp-12 is corrupt .*delete it"):
         sharded_checkpoint.read_meta(tmp_path / "dcp-12")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_fsdp_trainer_on_two_gpus(tmp_path_factory):
+    """``fraqat train`` with ``parallel: fsdp`` on 2 GPUs (NCCL, bf16 policy) next to 1 GPU.
+
+    A smoke test: under bf16 the sharded run is not bitwise the one-GPU run (its fake-quant
+    reads bf16(W), one GPU's autocast reads W), so the deviation is printed for the record,
+    not asserted; the run must finish with the same bit schedule and finite weights.
+    """
+    root = make_tiny_project(tmp_path_factory.mktemp("fsdp-gpu"),
+                             {"device": "cuda", "train": {"steps": 24, "batch_size": 8,
+                                                          "checkpoint_every": 8,
+                                                          "probe_every": 6,
+                                                          "probe_samples": 16}})
+    set_params(root, "tensor", "ddp")
+    one = subprocess.run([sys.executable, *TRAIN], cwd=root, capture_output=True, text=True,
+                         env={**ENV, "CUDA_VISIBLE_DEVICES": "0"}, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    single, single_losses = weights(root), losses(root)
+    set_params(root, "tensor", "fsdp")
+    run(TORCHRUN, root)
+    sharded, got = weights(root), losses(root)
+    assert [b for b, _ in got] == [b for b, _ in single_losses]
+    assert all(torch.isfinite(v).all() for v in sharded.values() if v.is_floating_point())
+    dw = max((sharded[k].double() - single[k].double()).abs().max().item() for k in single)
+    dl = max(abs(a - b) / max(abs(a), 1e-12)
+             for (_, a), (_, b) in zip(single_losses, got, strict=True))
+    print(f"\nFSDP trainer, 2 GPUs vs 1 GPU, 24 steps: max|dW| = {dw:.3g}, "
+          f"max relative loss difference = {dl:.3g}")
