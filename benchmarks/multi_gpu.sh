@@ -20,18 +20,18 @@ launch() {  # launch NAME SECONDS NPROC ARGS...
 }
 case $part in
   ddp)
-    for n in 1 2 4; do launch "ddp-$n" 170 "$n" ddp --steps 12 --warmup 3; done ;;
+    for n in 1 2 4; do launch "ddp-$n" 150 "$n" ddp --steps 12 --warmup 3; done ;;
   flux)
-    launch fsdp-flux-1024 140 4 fsdp --model flux-schnell --image-tokens 1024 --steps 6 --warmup 2
-    launch fsdp-flux-1024-ckpt 140 4 fsdp --model flux-schnell --image-tokens 1024 --steps 6 \
+    launch fsdp-flux-1024 120 4 fsdp --model flux-schnell --image-tokens 1024 --steps 6 --warmup 2
+    launch fsdp-flux-1024-ckpt 120 4 fsdp --model flux-schnell --image-tokens 1024 --steps 6 \
       --warmup 2 --checkpointing
-    launch fsdp-flux-4096-ckpt 140 4 fsdp --model flux-schnell --image-tokens 4096 --steps 6 \
+    launch fsdp-flux-4096-ckpt 120 4 fsdp --model flux-schnell --image-tokens 4096 --steps 6 \
       --warmup 2 --checkpointing
-    launch fsdp-flux-4096 110 4 fsdp --model flux-schnell --image-tokens 4096 --steps 6 \
+    launch fsdp-flux-4096 100 4 fsdp --model flux-schnell --image-tokens 4096 --steps 6 \
       --warmup 2 ;;
   light)
-    launch fsdp-sana-1.6b 150 2 fsdp --model sana-1.6b --batch 8 --steps 10 --warmup 3
-    launch fsdp-sd3.5-medium 200 2 fsdp --model sd3.5-medium --batch 1 --steps 10 --warmup 3
+    launch fsdp-sana-1.6b 130 2 fsdp --model sana-1.6b --batch 8 --steps 10 --warmup 3
+    launch fsdp-sd3.5-medium 150 2 fsdp --model sd3.5-medium --batch 1 --steps 10 --warmup 3
     # `fraqat train` itself under FSDP on 2 GPUs vs 1 GPU (a gpu-marked test; needs pydantic)
     timeout 150 python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/test_sharding.py \
       > "$out/fsdp-trainer.log" 2>&1
