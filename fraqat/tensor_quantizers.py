@@ -32,8 +32,8 @@ touching the layer classes:
 A float read *before* the tensor's first quantized reader cannot be matched this way (the
 device quantizes at the producer), nor may a model input be overwritten (it is the caller's
 tensor); such tensors are logged, reported by :attr:`TensorPlan.early` and left to the
-export's gate (``reports/export.json`` → ``per_tensor_semantics``). In
-diffusers' Sana, PixArt and the tiny Sana of the tests there are none.
+export's gate (``reports/export.json`` → ``per_tensor_semantics``). In diffusers' Sana
+(the tiny configs of the tests, the Sana-600M config) there are none.
 
 The plan depends on the architecture only, so :func:`fraqat.runs.quantized_copy` applies it
 to every quantized model (training, evaluation, export) from a random probe batch, and
