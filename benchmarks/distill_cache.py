@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from fraqat.data import PROMPTS
-from fraqat.models import TextToImage, build_tiny_sana
+from fraqat.models import TextToImage, build_tiny_sana, predict_all
 from fraqat.modules import QuantConfig
 from fraqat.runs import quantized_copy
-from fraqat.stages.teacher import predict_all
 from fraqat.trainer import DistillData, batch_indices, calibrate
 
 

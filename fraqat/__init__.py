@@ -1,8 +1,21 @@
-"""fraqat: Quantization Aware Training with Fractional bits for diffusion models."""
+"""fraqat: Quantization Aware Training with Fractional bits for diffusion models.
 
-from fraqat.modules import QuantConfig, quantize_model, set_weight_bits
-from fraqat.quant import fake_quantize
-from fraqat.schedule import make_schedule
+The public names load lazily (PEP 562), so ``import fraqat.paths`` does not pull in the
+quantization code: each stage's imports, and so its DVC code dependencies, stay its own.
+"""
 
-__all__ = ["QuantConfig", "fake_quantize", "make_schedule", "quantize_model", "set_weight_bits"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"QuantConfig": "modules", "quantize_model": "modules", "set_weight_bits": "modules",
+            "fake_quantize": "ops", "make_schedule": "schedule"}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fraqat' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fraqat.{_EXPORTS[name]}"), name)

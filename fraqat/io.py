@@ -25,6 +25,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
+        if tmp.is_file():  # on disk before the rename: a crash leaves the old file or the new
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o755 if tmp.is_dir() else 0o644)  # mkdtemp's 0700 is too private
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -33,9 +36,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-def write_json(path: str | Path, obj: object) -> None:
+def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path) -> dict:

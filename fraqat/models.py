@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
 from fraqat.text_encoder import PromptEncoder
 
@@ -186,3 +187,15 @@ def load_teacher(folder: str | Path) -> TextToImage:
     encoder = PromptEncoder.from_pretrained(folder / "prompt_encoder")
     model = TextToImage(transformer, encoder, tuple(info["sample_shape"]))
     return model.eval()
+
+
+@torch.no_grad()
+def predict_all(model: TextToImage, calib: dict[str, torch.Tensor],
+                batch_size: int = 512) -> torch.Tensor:
+    """The model's velocity on every calibration point (x_t, t, prompt label), batched."""
+    out = []
+    for i in range(0, len(calib["t"]), batch_size):
+        sl = slice(i, i + batch_size)
+        hidden, mask = model.encode([prompt_for(y) for y in calib["labels"][sl]])
+        out.append(model.predict(calib["x_t"][sl], calib["t"][sl], hidden, mask))
+    return torch.cat(out)

@@ -6,8 +6,9 @@ A bad file stops with exit code 2 and one line ``params.yaml: <key>: <problem> (
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -77,6 +78,8 @@ class TrainParams(_Strict):
     warmup_steps: int = Field(0, ge=0)
     probe_every: int = Field(50, ge=1)
     probe_samples: int = Field(256, ge=1)
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay the step on CUDA
+    autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on the CPU
 
 
 class EvalParams(_Strict):
@@ -167,7 +170,7 @@ def _describe(tp, metadata) -> str:
     return name + (" " + " and ".join(bounds) if bounds else "")
 
 
-def _format(err: dict) -> str:
+def _format(err: Mapping[str, Any]) -> str:
     loc = tuple(err["loc"])
     cls, name = _field_for(loc)
     key = ".".join(str(p) for p in loc)
@@ -176,7 +179,7 @@ def _format(err: dict) -> str:
         return f"params.yaml: {key}: unknown key (allowed: {allowed})"
     if name is None and len(loc) > 1:  # an item inside a list
         parent_cls, parent = _field_for(loc[:-1])
-        if parent is not None:
+        if parent_cls is not None and parent is not None:
             f = parent_cls.model_fields[parent]
             return (f"params.yaml: {key}: {err['input']!r} is not valid "
                     f"(allowed: {_describe(f.annotation, f.metadata)})")
@@ -216,14 +219,3 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         node[leaf] = value
     return parse_params(raw)
 
-
-def quant_config(params: Params, weight_bits: float | None = None):
-    """The :class:`fraqat.modules.QuantConfig` that ``params`` describe."""
-    from fraqat.modules import QuantConfig
-
-    q = params.quant
-    return QuantConfig(weight_bits=params.bits if weight_bits is None else weight_bits,
-                       act_bits=params.act_bits, granularity=q.granularity,
-                       group_size=q.group_size, symmetric=q.symmetric,
-                       act_symmetric=q.act_symmetric, learn_act_scale=q.learn_act_scale,
-                       skip=list(q.skip), keep_8bit=list(q.keep_8bit))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 from fraqat.quant import check_bits
 
@@ -23,10 +24,27 @@ SCHEDULES = ("constant", "fraqat", "int-progressive", "continuous")
 SHAPES = ("equal", "linear")
 
 
+class Schedule(Protocol):
+    """What the trainer asks of a schedule.
+
+    ``boundaries``: the first step of each stage (``(0,)`` for one stage), where a per-stage
+    learning-rate shape restarts.
+    """
+
+    @property
+    def target(self) -> float | None: ...
+    @property
+    def total_steps(self) -> int: ...
+    @property
+    def boundaries(self) -> tuple[int, ...]: ...
+    def bits_at(self, step: int) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class ConstantSchedule:
     target: float
     total_steps: int
+    boundaries: tuple[int, ...] = (0,)
 
     def bits_at(self, step: int) -> float:
         return self.target
@@ -60,6 +78,10 @@ class ContinuousSchedule:
     fp_steps: int
     total_steps: int
 
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        return (0, self.fp_steps) if self.fp_steps else (0,)
+
     def bits_at(self, step: int) -> float | None:
         if step < self.fp_steps:
             return None
@@ -69,7 +91,7 @@ class ContinuousSchedule:
         return self.start + (self.target - self.start) * k / self.decay_steps
 
 
-def steps_at_target(schedule) -> int:
+def steps_at_target(schedule: Schedule) -> int:
     """How many steps train at the target bits: the budget FraQAT spends there."""
     return sum(schedule.bits_at(k) == schedule.target for k in range(schedule.total_steps))
 

@@ -2,12 +2,13 @@
 
 Each cell is one DVC experiment (``dvc exp run --queue -n NAME -S key=value ...``); the queue
 runs them (``dvc queue start``), every stage that a cell does not change is restored from
-DVC's run cache, and ``dvc exp show --json`` collects the results into
-``reports/ablation.{md,csv}``. The methods compared inside each cell share its budget.
+DVC's run cache, and ``dvc exp show --json`` collects the results into ``reports/ablation/``
+(markdown, CSV, figures). The methods compared inside each cell share its budget.
 
     python -m pipelines.ablation queue --grid quick   # add the cells to DVC's queue
     dvc queue start -j 1                              # run them (dvc queue status to watch)
-    python -m pipelines.ablation collect              # reports/ablation.{md,csv} + plots
+    python -m pipelines.ablation collect              # reports/ablation/: md, csv, figures
+    python -m pipelines.ablation render               # the same from the committed CSV
 
 ``collect`` also folds in the model-size sweeps run on the GPU machine
 (``benchmarks/results/model-size-*.json``, from ``benchmarks/model_size.sh``).
@@ -39,7 +40,7 @@ GRIDS: dict[str, dict[str, dict[str, object]]] = {
         "w3-final70": {"bits": 3, **FINAL70},
         "w4-channel-final70": {"bits": 4, **CHANNEL, **FINAL70},
     },
-    # every axis of issue 10 at the default model size, most informative cells first
+    # every axis at the default model size, most informative cells first
     "full": {
         "w4-equal": {"bits": 4},
         "w4-final70": {"bits": 4, **FINAL70},
@@ -57,6 +58,7 @@ GRIDS: dict[str, dict[str, dict[str, object]]] = {
         "w2-channel-final70": {"bits": 2, **CHANNEL, **FINAL70},
     },
 }
+OUT = Path("reports/ablation")  # not a DVC output: the ablation is not part of `dvc repro`
 TRACE_CELLS = ("w4-equal", "w4-final70", "w4-channel-final70", "w3-final70")
 TRACE_METHODS = ("qat", "fraqat", "qat-target-steps")
 
@@ -133,13 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("queue")
     q.add_argument("--grid", choices=sorted(GRIDS), default="quick")
     q.add_argument("--seeds", default="[0,1,2]")
-    c = sub.add_parser("collect")
-    c.add_argument("--out", type=Path, default=Path("reports/ablation.md"))
-    c.add_argument("--sweeps", default="benchmarks/results/model-size-*.json",
-                   help="glob of model-size sweep JSONs to fold in")
+    for name in ("collect", "render"):
+        c = sub.add_parser(name)
+        c.add_argument("--out", type=Path, default=OUT)
+        c.add_argument("--sweeps", default="benchmarks/results/model-size-*.json",
+                       help="glob of model-size sweep JSONs to fold in")
     args = ap.parse_args(argv)
     if args.cmd == "queue":
         queue(args.grid, args.seeds)
+        return 0
+    if args.cmd == "render":  # the committed cells, without the experiments' commits
+        cells = pd.read_csv(args.out / "ablation.csv")
+        write_report(cells, size_table(load_sweeps(args.sweeps)), {}, args.out)
+        print(f"rendered {args.out / 'ablation.md'} from {args.out / 'ablation.csv'}")
         return 0
     show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
                                      capture_output=True, text=True).stdout)
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sweeps = load_sweeps(args.sweeps)
     write_report(cell_table(rows), size_table(sweeps), traces(rows), args.out)
-    print(f"wrote {args.out}, {args.out.with_suffix('.csv')} and plots ({len(rows)} experiments, "
+    print(f"wrote {args.out}/ablation.{{md,csv}} and figures ({len(rows)} experiments, "
           f"{len(sweeps)} model-size sweeps)")
     return 0
 

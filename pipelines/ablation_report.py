@@ -13,10 +13,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from fraqat.stages.report import seed_interval_pct  # noqa: E402
+from fraqat.stats import paired_ttest
+from fraqat.tables import fmt_delta, markdown_table
 
 SENSITIVE = {"heldout_loss": "held-out loss", "teacher_mse": "teacher MSE"}
 CONTROL = "qat-target-steps"
@@ -79,7 +80,8 @@ def size_table(sweeps: list[dict]) -> pd.DataFrame:
                     index="seed", columns="variant", values=metric).dropna()
                 a, b = pair[variant].to_numpy(float), pair[ref].to_numpy(float)
                 rec[f"{metric}.delta_pct"] = 100 * (a.mean() / b.mean() - 1)
-                lo, hi = seed_interval_pct(a, b) if len(a) >= 2 else (math.nan, math.nan)
+                test = paired_ttest(a, b)
+                lo, hi = test["ci_pct"] if test else (math.nan, math.nan)
                 rec[f"{metric}.ci_low_pct"], rec[f"{metric}.ci_high_pct"] = lo, hi
                 rec[f"{metric}.seeds"] = len(a)
             records.append(rec)
@@ -88,9 +90,7 @@ def size_table(sweeps: list[dict]) -> pd.DataFrame:
 
 def _delta(row: pd.Series | dict, metric: str) -> str:
     d, lo, hi = (row[f"{metric}.{k}"] for k in ("delta_pct", "ci_low_pct", "ci_high_pct"))
-    if math.isnan(d):
-        return "-"
-    return f"{d:+.1f}%" + ("" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]")
+    return fmt_delta(d, (lo, hi))
 
 
 def _mean_std(row: pd.Series, metric: str, method: str) -> str:
@@ -235,52 +235,46 @@ def cells_markdown(cells: pd.DataFrame) -> str:
     head = ["cell", "W", "scales", "schedule", "steps", "seeds", "held-out loss qat",
             "fraqat", "Δ% [95% CI]", "p", "teacher MSE qat", "fraqat", "Δ% [95% CI]", "p",
             "FID Δ%", f"control ({CONTROL})"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in cells.sort_values("experiment").iterrows():
-        cols = [f"`{r['experiment']}`", f"{r['bits']:g}", str(r["granularity"]), r["schedule"],
-                f"{r['steps']:g}", str(r["seeds"]),
-                _mean_std(r, "heldout_loss", "qat"), _mean_std(r, "heldout_loss", "fraqat"),
-                _delta(r, "heldout_loss"), f"{r['heldout_loss.ttest_p']:.2g}",
-                _mean_std(r, "teacher_mse", "qat"), _mean_std(r, "teacher_mse", "fraqat"),
-                _delta(r, "teacher_mse"), f"{r['teacher_mse.ttest_p']:.2g}",
-                "-" if math.isnan(r["fid.delta_pct"]) else f"{r['fid.delta_pct']:+.1f}%",
-                _mean_std(r, "heldout_loss", CONTROL)]
-        lines.append("| " + " | ".join(cols) + " |")
-    return "\n".join(lines)
+    rows = [[f"`{r['experiment']}`", f"{r['bits']:g}", str(r["granularity"]), r["schedule"],
+             f"{r['steps']:g}", str(r["seeds"]),
+             _mean_std(r, "heldout_loss", "qat"), _mean_std(r, "heldout_loss", "fraqat"),
+             _delta(r, "heldout_loss"), f"{r['heldout_loss.ttest_p']:.2g}",
+             _mean_std(r, "teacher_mse", "qat"), _mean_std(r, "teacher_mse", "fraqat"),
+             _delta(r, "teacher_mse"), f"{r['teacher_mse.ttest_p']:.2g}",
+             fmt_delta(r["fid.delta_pct"]), _mean_std(r, "heldout_loss", CONTROL)]
+            for _, r in cells.sort_values("experiment").iterrows()]
+    return markdown_table(head, rows)
 
 
 def why_markdown(cells: pd.DataFrame) -> str:
     head = ["cell", "after step 0", "end of the high-bit stages", "end (fraqat)", "end (qat)",
             "end (control)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in cells.sort_values("experiment").iterrows():
-        vals = [r["probe.start"], r["probe.before_target"], r["probe.final"],
-                r["heldout_loss.qat"], r[f"heldout_loss.{CONTROL}"]]
-        lines.append(f"| `{r['experiment']}` | "
-                     + " | ".join("-" if math.isnan(v) else f"{v:.4g}" for v in vals) + " |")
-    return "\n".join(lines)
+    rows = [[f"`{r['experiment']}`", *("-" if math.isnan(v) else f"{v:.4g}" for v in (
+        r["probe.start"], r["probe.before_target"], r["probe.final"], r["heldout_loss.qat"],
+        r[f"heldout_loss.{CONTROL}"]))] for _, r in cells.sort_values("experiment").iterrows()]
+    return markdown_table(head, rows)
 
 
 def sizes_markdown(sizes: pd.DataFrame) -> str:
     head = ["teacher", "params (M)", "variant", "vs", "held-out loss Δ% [95% CI]",
             "teacher MSE Δ% [95% CI]", "seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sizes.sort_values(["params_m", "variant"]).to_dict("records"):
-        lines.append(f"| {r['teacher']} | {r['params_m']:.1f} | {r['variant']} | "
-                     f"{r['reference']} | {_delta(r, 'heldout_loss')} | "
-                     f"{_delta(r, 'teacher_mse')} | {r['heldout_loss.seeds']} |")
-    return "\n".join(lines)
+    rows = [[r["teacher"], f"{r['params_m']:.1f}", r["variant"], r["reference"],
+             _delta(r, "heldout_loss"), _delta(r, "teacher_mse"), str(r["heldout_loss.seeds"])]
+            for r in sizes.sort_values(["params_m", "variant"]).to_dict("records")]
+    return markdown_table(head, rows)
 
 
 def write_report(cells: pd.DataFrame, sizes: pd.DataFrame,
                  traces: dict[str, dict[str, pd.DataFrame]], out: Path) -> None:
-    """``out`` (markdown), ``out`` with .csv (the cells) and the plots beside it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cells.sort_values("experiment").to_csv(out.with_suffix(".csv"), index=False)
-    plots = out.parent / "plots"
-    plot_deltas(cells, plots / "ablation_deltas.png")
+    """``out/ablation.md``, ``out/ablation.csv`` (the cells) and the figures, in ``out``.
+
+    Without ``traces`` (re-rendered from the committed CSV) an existing probe figure is kept.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    cells.sort_values("experiment").to_csv(out / "ablation.csv", index=False)
+    plot_deltas(cells, out / "ablation_deltas.png")
     if traces:
-        plot_probes(traces, plots / "ablation_probes.png")
+        plot_probes(traces, out / "ablation_probes.png")
     md = ["# Ablation: where do fractional bits beat standard QAT?", "",
           "Each cell is one DVC experiment (`python -m pipelines.ablation queue --grid full` → "
           "`dvc queue start` → `python -m pipelines.ablation collect`): the pipeline's own "
@@ -291,14 +285,14 @@ def write_report(cells: pd.DataFrame, sizes: pd.DataFrame,
           "MSE = sample MSE to the FP teacher from the same prompts and noise (500 samples, "
           f"20 Euler steps). The control `{CONTROL}` is standard QAT given only the steps "
           "FraQAT spends at the target bits.", "", "## Finding", "", *findings(cells, sizes), "",
-          "## Cells", "", cells_markdown(cells), "", "![deltas](plots/ablation_deltas.png)", "",
+          "## Cells", "", cells_markdown(cells), "", "![deltas](ablation_deltas.png)", "",
           "## Why: the loss at the target bits through the stages", "",
           "Held-out distillation loss measured at the target bits (mean over seeds), FraQAT's "
           "at three points, next to where QAT and the control end.", "", why_markdown(cells), ""]
-    if traces:
-        md += ["![probes](plots/ablation_probes.png)", ""]
+    if (out / "ablation_probes.png").exists():
+        md += ["![probes](ablation_probes.png)", ""]
     if len(sizes):
-        plot_sizes(sizes, plots / "ablation_sizes.png")
+        plot_sizes(sizes, out / "ablation_sizes.png")
         md += ["## Model size (GPU machine)", "",
                "Wider/deeper teachers trained by the pipeline's own stages on an H100 "
                "(`bash benchmarks/model_size.sh OUT.json WIDTH LAYERS HEADS`: prepare, "
@@ -307,5 +301,5 @@ def write_report(cells: pd.DataFrame, sizes: pd.DataFrame,
                "DVC; the raw runs are in `benchmarks/results/model-size-*.json`. Teacher MSE "
                "there is from 200 samples, 10 Euler steps. The 190 k default is the "
                "CPU cells above.", "", sizes_markdown(sizes), "",
-               "![sizes](plots/ablation_sizes.png)", ""]
-    out.write_text("\n".join(md))
+               "![sizes](ablation_sizes.png)", ""]
+    (out / "ablation.md").write_text("\n".join(md))

@@ -80,13 +80,24 @@ def test_size_table_pairs_variants_with_their_qat_by_seed():
 def test_write_report_writes_markdown_csv_and_plots(tmp_path):
     cells = _cells(("w4", 4, 0.010, 0.012, (10.0, 30.0)), ("w3", 3, 0.05, 0.06, (5.0, 35.0)))
     traces = {"w4": {"qat": pd.DataFrame({"step": [0, 50], "target_loss": [0.1, 0.02]})}}
-    out = tmp_path / "reports" / "ablation.md"
+    out = tmp_path / "reports" / "ablation"
     write_report(cells, pd.DataFrame(), traces, out)
-    md = out.read_text()
+    md = (out / "ablation.md").read_text()
     assert "## Finding" in md and "| `w4` | 4 | tensor |" in md and "+20.0% [+10.0, +30.0]" in md
-    assert pd.read_csv(out.with_suffix(".csv"))["experiment"].tolist() == ["w3", "w4"]
+    assert pd.read_csv(out / "ablation.csv")["experiment"].tolist() == ["w3", "w4"]
     for name in ("ablation_deltas.png", "ablation_probes.png"):
-        assert (tmp_path / "reports" / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+        assert f"]({name})" in md  # linked beside the markdown
+
+
+def test_render_rebuilds_the_report_from_the_committed_csv(tmp_path):
+    from pipelines.ablation import main
+
+    out = tmp_path / "ablation"
+    write_report(_cells(("w4", 4, 0.010, 0.012, (10.0, 30.0))), pd.DataFrame(), {}, out)
+    (out / "ablation.md").unlink()
+    assert main(["render", "--out", str(out), "--sweeps", "no-such-dir/*.json"]) == 0
+    assert "| `w4` | 4 | tensor |" in (out / "ablation.md").read_text()
 
 
 def test_trend_reads_one_axis_with_the_others_fixed():

@@ -22,7 +22,8 @@ def scratch(tmp_path, monkeypatch):
     from fraqat.data import PROMPTS, prompt_for
     from fraqat.io import save_tensors
     from fraqat.models import build_tiny_sana
-    from fraqat.params import parse_params, quant_config
+    from fraqat.modules import QuantConfig
+    from fraqat.params import parse_params
     from fraqat.runs import quantized_copy, save_run
 
     monkeypatch.chdir(tmp_path)
@@ -34,7 +35,7 @@ def scratch(tmp_path, monkeypatch):
              "labels": torch.randint(0, 10, (32,), generator=g)}
     save_tensors(paths.CALIBRATION, calib)
     params = parse_params({"seeds": [0], "export": {"num_check_samples": 8}})
-    config = quant_config(params)
+    config = QuantConfig.from_params(params)
     model = quantized_copy(teacher, config)
 
     def forward(tr, sl):

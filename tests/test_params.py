@@ -10,7 +10,7 @@ import yaml
 
 from fraqat.errors import ParamsError
 from fraqat.modules import QuantConfig
-from fraqat.params import Params, load_params, parse_params, quant_config
+from fraqat.params import Params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -100,8 +100,8 @@ def test_load_params_overrides_and_errors(tmp_path: Path) -> None:
 
 def test_quant_config_from_params() -> None:
     p = parse_params(with_overrides({"bits": 4.5, "quant.keep_8bit": ["proj_out"]}))
-    cfg = quant_config(p)
+    cfg = QuantConfig.from_params(p)
     assert isinstance(cfg, QuantConfig)
     assert cfg.weight_bits == 4.5 and cfg.act_bits == p.act_bits
     assert cfg.keep_8bit == ["proj_out"] and cfg.granularity == p.quant.granularity
-    assert quant_config(p, weight_bits=8).weight_bits == 8
+    assert QuantConfig.from_params(p, weight_bits=8).weight_bits == 8

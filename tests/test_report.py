@@ -1,4 +1,4 @@
-"""The ``report`` stage on fake eval/train files, its statistics, evaluate -> report end to end."""
+"""The ``report`` stage on fake eval/train files, and evaluate -> report end to end."""
 
 from __future__ import annotations
 
@@ -137,18 +137,6 @@ def test_claim_verdict(delta, reproduced, text):
     assert got is reproduced and text in sentence
 
 
-def test_paired_bootstrap_constant_difference():
-    a = np.full((2, 50), 1.5)
-    b = np.ones((2, 50))
-    res = report.paired_bootstrap(a, b, resamples=200)
-    assert res["diff"] == pytest.approx(0.5)
-    assert res["ci_low"] == pytest.approx(0.5) and res["ci_high"] == pytest.approx(0.5)
-    assert res["p"] == 0.0
-    rng = np.random.default_rng(0)
-    noise = rng.standard_normal((3, 400))
-    assert report.paired_bootstrap(noise, noise.copy())["p"] == 1.0
-
-
 def test_evaluate_then_report_end_to_end(tmp_path, monkeypatch):
     """Tiny teacher + untrained classifier: fp and a PTQ run through evaluate, then report."""
     from fraqat.classifier import DigitClassifier, save_classifier
@@ -206,24 +194,3 @@ def test_evaluate_then_report_end_to_end(tmp_path, monkeypatch):
     table = pd.read_csv(paths.COMPARISON_CSV)
     assert table["method"].tolist() == ["fp", "ptq", "noise"]
     assert "cannot be tested" in paths.COMPARISON_MD.read_text()
-
-
-def test_seed_interval_is_the_paired_t_interval_in_percent():
-    fra, qat = np.array([1.0, 1.2, 0.9, 1.1]), np.array([1.1, 1.25, 1.0, 1.3])
-    d = fra - qat
-    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
-    assert report.seed_interval_pct(fra, qat) == pytest.approx(
-        [100 * lo / qat.mean(), 100 * hi / qat.mean()])
-
-
-def test_probe_summary_reads_the_loss_at_the_target_through_the_stages():
-    fraqat_log = pd.DataFrame({"step": [0, 1, 2, 3, 4], "bits": [8.0, 8.0, 6.0, 4.0, 4.0],
-                               "target_loss": [0.5, np.nan, 0.45, np.nan, 0.1]})
-    qat_log = pd.DataFrame({"step": [0, 1], "bits": [4.0, 4.0], "target_loss": [0.4, 0.2]})
-    logs = {("fraqat", 0): fraqat_log, ("fraqat", 1): fraqat_log.assign(
-        target_loss=fraqat_log["target_loss"] * 2), ("qat", 0): qat_log}
-    probes = report.probe_summary(logs, 4.0).set_index("method")
-    assert probes.loc["fraqat"].tolist() == pytest.approx([0.75, 0.675, 0.15])
-    assert probes.loc["qat", "final"] == 0.2 and np.isnan(probes.loc["qat", "before_target"])
-    md = report.probe_markdown(probes.reset_index(), 4.0)
-    assert "| fraqat | 0.750 | 0.675 | 0.150 |" in md

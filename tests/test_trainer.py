@@ -19,7 +19,7 @@ from fraqat import paths
 from fraqat.checkpoint import save_checkpoint
 from fraqat.errors import FraqatError
 from fraqat.io import read_json
-from tests.tiny_project import make_tiny_project
+from tests.tiny import make_tiny_project
 
 FRAQAT = [sys.executable, "-m", "fraqat.cli"]
 

@@ -12,10 +12,10 @@ import logging
 import torch
 
 from fraqat import paths
+from fraqat.artifacts import load_split
 from fraqat.flow import noisy
 from fraqat.io import save_tensors
 from fraqat.params import Params
-from fraqat.stages.pretrain import load_split
 
 log = logging.getLogger(__name__)
 

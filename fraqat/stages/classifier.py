@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 
 from fraqat import paths
+from fraqat.artifacts import load_split
 from fraqat.classifier import accuracy, save_classifier, train_classifier
 from fraqat.errors import FraqatError
 from fraqat.fid import Stats, classifier_features, frechet
 from fraqat.io import write_json
 from fraqat.params import Params
-from fraqat.stages.pretrain import load_split
 
 log = logging.getLogger(__name__)
 

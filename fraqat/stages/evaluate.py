@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from fraqat import paths
+from fraqat.artifacts import load_split
 from fraqat.classifier import load_classifier, predict, single_thread
 from fraqat.data import ImageSet, prompt_for
 from fraqat.errors import FraqatError
@@ -32,7 +33,6 @@ from fraqat.modules import quant_layers
 from fraqat.params import EvalParams, Params
 from fraqat.runs import load_run
 from fraqat.sampling import sample, seeded_noise
-from fraqat.stages.pretrain import load_split
 
 log = logging.getLogger(__name__)
 

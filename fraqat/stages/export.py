@@ -20,9 +20,8 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from fraqat import export as htp_export
-from fraqat import paths
-from fraqat.calibration import load_calibration
+from fraqat import export, paths
+from fraqat.artifacts import load_calibration
 from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
 from fraqat.io import atomic_path, read_json, write_json
@@ -58,7 +57,7 @@ def trained_semantics(run_info: dict, transformer: torch.nn.Module) -> list[str]
     return []
 
 
-def manifest(params: Params, run_info: dict, result: htp_export.ExportResult,
+def manifest(params: Params, run_info: dict, result: export.ExportResult,
              sizes: dict, files: list[Path], inputs: dict[str, torch.Tensor]) -> dict:
     cfg = run_info.get("config", {})
     containers = Counter(result.lowered.weight_dtypes.values())
@@ -70,9 +69,9 @@ def manifest(params: Params, run_info: dict, result: htp_export.ExportResult,
             "num_weight_quantized": len(result.weights),
             "num_activation_quantized": len(result.acts),
             "num_activation_tensors": len(result.lowered.dequantized),
-            "encodings_version": htp_export.AIMET_VERSION,
+            "encodings_version": export.AIMET_VERSION,
             "inputs": {k: ["batch", *v.shape[1:]] for k, v in inputs.items()},
-            "output": htp_export.OUTPUT_NAME, "onnx_bytes": sum(f.stat().st_size for f in files),
+            "output": export.OUTPUT_NAME, "onnx_bytes": sum(f.stat().st_size for f in files),
             **sizes, "files": [f.name for f in files] + ["model.encodings", "manifest.json"]}
 
 
@@ -85,16 +84,16 @@ def run(params: Params) -> None:
     start = time.perf_counter()
     with atomic_path(paths.EXPORT) as out:
         out.mkdir()
-        result = htp_export.export_transformer(model.transformer, example, e.opset,
+        result = export.export_transformer(model.transformer, example, e.opset,
                                                e.weight_dtype)
-        report = htp_export.verify(result, model.transformer, inputs)
+        report = export.verify(result, model.transformer, inputs)
         run_info = read_json(Path(run_dir) / "quant.json")
         report["failures"] += trained_semantics(run_info, model.transformer)
         if report["failures"]:
             raise FraqatError(f"export of {run_dir} failed its checks: "
                               + "; ".join(report["failures"]))
-        sizes = htp_export.size_report(model.transformer, result.weights)
-        files = htp_export.save_model(result.model, out / "model.onnx")
+        sizes = export.size_report(model.transformer, result.weights)
+        files = export.save_model(result.model, out / "model.onnx")
         (out / "model.encodings").write_text(json.dumps(result.encodings, indent=2) + "\n")
         info = manifest(params, run_info, result, sizes, files, inputs)
         write_json(out / "manifest.json", info)

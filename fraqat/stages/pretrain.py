@@ -13,22 +13,16 @@ import torch
 from tqdm import tqdm
 
 from fraqat import distributed, paths
-from fraqat.data import PROMPTS, ImageSet, prompt_for
+from fraqat.artifacts import load_split
+from fraqat.data import PROMPTS, prompt_for
 from fraqat.errors import FraqatError
 from fraqat.flow import cosine_lr, noisy, sample_times, velocity
-from fraqat.io import atomic_path, load_tensors
+from fraqat.io import atomic_path
 from fraqat.models import build_tiny_sana
 from fraqat.params import Params
 
 log = logging.getLogger(__name__)
 
-
-def load_split(name: str) -> ImageSet:
-    path = paths.DATASET / f"{name}.safetensors"
-    if not path.exists():
-        raise FraqatError(f"no dataset at {path} (run `dvc repro prepare` first)")
-    t = load_tensors(path)
-    return ImageSet(t["images"], t["labels"])
 
 
 def run(params: Params) -> None:

@@ -11,25 +11,27 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
 
-from fraqat import paths, plots  # noqa: E402
-from fraqat.errors import FraqatError  # noqa: E402
-from fraqat.flow import seeded_noise  # noqa: E402
-from fraqat.io import atomic_path, load_tensors, read_json, write_json  # noqa: E402
-from fraqat.params import Params  # noqa: E402
+from fraqat import paths, plots
+from fraqat.errors import FraqatError
+from fraqat.flow import seeded_noise
+from fraqat.io import atomic_path, load_tensors, read_json, write_json, write_text
+from fraqat.params import Params
+from fraqat.probes import PROBE_POINTS, probe_markdown, probe_summary
+from fraqat.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap, paired_ttest
+from fraqat.tables import fmt as _fmt
+from fraqat.tables import isnan as _isnan
+from fraqat.tables import markdown_table as md_table
 
 log = logging.getLogger(__name__)
 
 NOISE = "noise"
 BASELINE, CANDIDATE = "qat", "fraqat"
 CLAIM_RANGE = (4.0, 7.0)  # paper: FraQAT's FID 4-7 % lower than standard QAT at W4A8
-BOOTSTRAP_RESAMPLES = 2000
 SAMPLE_COLUMNS = 20
 CSV_COLUMNS = ["method", "bits", "n_seeds", "fid_mean", "fid_std", "fid_delta_pct_vs_qat",
                "prompt_accuracy", "teacher_psnr_db", "teacher_mse_mean", "teacher_mse_std",
@@ -97,10 +99,6 @@ def bits_label(weight_bits: float | None, act_bits: float | None, method: str) -
     return f"W{weight_bits:g}{act}"
 
 
-def _isnan(x: object) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
 def _std(s: pd.Series) -> float:
     s = pd.to_numeric(s, errors="coerce").dropna()
     return float(s.std(ddof=1)) if len(s) >= 2 else float("nan")
@@ -140,66 +138,18 @@ def comparison_table(evals: pd.DataFrame, train: pd.DataFrame, order: list[str])
     return table[CSV_COLUMNS]
 
 
-def _fmt(x: float, digits: int = 3, std: float | None = None) -> str:
-    if _isnan(x):
-        return "-"
-    s = f"{x:.{digits}g}" if abs(x) < 1e-2 and x != 0 else f"{x:.{digits}f}"
-    if std is not None and not _isnan(std):
-        s += f" ± {std:.2g}" if abs(std) < 1e-2 and std != 0 else f" ± {std:.{digits}f}"
-    return s
-
-
 def markdown_table(table: pd.DataFrame) -> str:
     head = ["method", "W/A bits", "FID (mean ± std)", "Δ% FID vs qat", "prompt acc.",
             "teacher PSNR dB / MSE", "held-out distill loss", "size MB", "train wall s", "seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in table.itertuples(index=False):
         delta = "-" if _isnan(r.fid_delta_pct_vs_qat) else f"{r.fid_delta_pct_vs_qat:+.1f}%"
         fidelity = f"{_fmt(r.teacher_psnr_db, 1)} / {_fmt(r.teacher_mse_mean, 3)}"
-        cells = [r.method, r.bits, _fmt(r.fid_mean, 2, r.fid_std), delta,
-                 _fmt(r.prompt_accuracy, 3), fidelity,
-                 _fmt(r.heldout_loss_mean, 3, r.heldout_loss_std), _fmt(r.model_size_mb, 3),
-                 _fmt(r.train_wall_s, 1), str(r.n_seeds)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- why
-
-PROBE_POINTS = {"start": "after step 0", "before_target": "end of the high-bit stages",
-                "final": "end"}
-
-
-def probe_summary(logs: dict[tuple[str, int], pd.DataFrame], target_bits: float) -> pd.DataFrame:
-    """The held-out loss measured at the target bits at three points, mean over seeds.
-
-    ``start`` (after the first step), ``before_target`` (last probe while training above the
-    target: progressive methods only) and ``final``. If the high-bit stages moved the weights
-    toward a good low-bit solution, ``before_target`` is well below ``start``.
-    """
-    rows = []
-    for (method, seed), df in logs.items():
-        probes = df.dropna(subset=["target_loss"]) if "target_loss" in df else df.iloc[:0]
-        if probes.empty:
-            continue
-        high = probes[probes["bits"] != target_bits]
-        rows.append({"method": method, "seed": seed, "start": probes["target_loss"].iloc[0],
-                     "before_target": (high["target_loss"].iloc[-1]
-                                       if 0 < len(high) < len(probes) else float("nan")),
-                     "final": probes["target_loss"].iloc[-1]})
-    if not rows:
-        return pd.DataFrame(columns=["method", *PROBE_POINTS])
-    return pd.DataFrame(rows).groupby("method", sort=False)[list(PROBE_POINTS)].mean() \
-        .reset_index()
-
-
-def probe_markdown(probes: pd.DataFrame, bits: float) -> str:
-    head = ["method", *(f"loss at W{bits:g}, {label}" for label in PROBE_POINTS.values())]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in probes.to_dict("records"):
-        lines.append("| " + " | ".join([r["method"], *(_fmt(r[p], 3) for p in PROBE_POINTS)])
-                     + " |")
-    return "\n".join(lines)
+        rows.append([r.method, r.bits, _fmt(r.fid_mean, 2, r.fid_std), delta,
+                     _fmt(r.prompt_accuracy, 3), fidelity,
+                     _fmt(r.heldout_loss_mean, 3, r.heldout_loss_std), _fmt(r.model_size_mb, 3),
+                     _fmt(r.train_wall_s, 1), str(r.n_seeds)])
+    return md_table(head, rows)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -222,37 +172,6 @@ def per_item_values(method: str, seed: int, metric: str) -> np.ndarray | None:
     return None
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = 0) -> dict:
-    """Hierarchical paired bootstrap of mean(a) - mean(b); a, b: (seeds, items), paired.
-
-    Resamples seeds with replacement, then items within each seed (the same indices for
-    both methods, since they share prompts, noise and held-out points). Returns the observed
-    difference, a 95 % percentile interval and a two-sided bootstrap p-value.
-    """
-    rng = np.random.default_rng(seed)
-    diff = a - b  # paired per item
-    k, n = diff.shape
-    seed_idx = rng.integers(0, k, size=(resamples, k))
-    item_idx = rng.integers(0, n, size=(resamples, k, n))
-    boots = diff[seed_idx[:, :, None], item_idx].mean(axis=(1, 2))
-    p = 2 * min((boots <= 0).mean(), (boots >= 0).mean())
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"diff": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
-            "p": float(min(1.0, p)), "resamples": resamples, "seeds": k, "items": n}
-
-
-def seed_interval_pct(fra: np.ndarray, qat: np.ndarray, level: float = 0.95) -> list[float]:
-    """Student-t interval of the paired mean difference over seeds, in % of QAT's mean.
-
-    mean(d) ± t_{(1+level)/2, n-1} · sd(d) / √n with d = fraqat − qat per seed: the seed-to-seed
-    spread, which the per-item bootstrap cannot see with few seeds.
-    """
-    d = fra - qat
-    half = stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    return [float(100 * (d.mean() + k * half) / qat.mean()) for k in (-1, 1)]
-
-
 def compare(evals: pd.DataFrame, metric: str) -> dict | None:
     """fraqat vs qat on ``metric``: means, Δ%, paired t-test over seeds, bootstrap."""
     pivot = evals[evals["method"].isin([BASELINE, CANDIDATE])].pivot_table(
@@ -268,16 +187,12 @@ def compare(evals: pd.DataFrame, metric: str) -> dict | None:
            "fraqat": float(fra.mean()),
            "delta_pct": 100.0 * (fra.mean() - qat.mean()) / qat.mean() if qat.mean() else None,
            "ttest_t": None, "ttest_p": None, "ci_pct": None, "bootstrap": None}
-    if len(seeds) >= 2 and not np.allclose(fra - qat, (fra - qat)[0]):
-        res = stats.ttest_rel(fra, qat)
-        out["ttest_t"], out["ttest_p"] = float(res.statistic), float(res.pvalue)
-        out["ci_pct"] = seed_interval_pct(fra, qat)
-    items = [(per_item_values(CANDIDATE, s, metric), per_item_values(BASELINE, s, metric))
-             for s in seeds]
-    if all(f is not None and q is not None and len(f) == len(q) for f, q in items) and \
-            len({len(f) for f, _ in items}) == 1:
-        out["bootstrap"] = paired_bootstrap(np.stack([f for f, _ in items]),
-                                            np.stack([q for _, q in items]))
+    if (test := paired_ttest(fra, qat)) is not None:
+        out["ttest_t"], out["ttest_p"], out["ci_pct"] = test["t"], test["p"], test["ci_pct"]
+    fras = [f for s in seeds if (f := per_item_values(CANDIDATE, s, metric)) is not None]
+    qats = [q for s in seeds if (q := per_item_values(BASELINE, s, metric)) is not None]
+    if len(fras) == len(qats) == len(seeds) and len({len(x) for x in fras + qats}) == 1:
+        out["bootstrap"] = paired_bootstrap(np.stack(fras), np.stack(qats))
     return out
 
 
@@ -289,9 +204,9 @@ def _p(p: float, resamples: int, eq: bool = False) -> str:
 
 
 def tests_markdown(results: list[dict]) -> str:
-    lines = ["| metric | qat | fraqat | Δ% (fraqat vs qat) | 95% CI of Δ% over seeds | "
-             "paired t-test over seeds | bootstrap 95% CI of fraqat − qat | bootstrap p |",
-             "|" + "---|" * 8]
+    head = ["metric", "qat", "fraqat", "Δ% (fraqat vs qat)", "95% CI of Δ% over seeds",
+            "paired t-test over seeds", "bootstrap 95% CI of fraqat − qat", "bootstrap p"]
+    rows = []
     for r in results:
         seed_ci = "n/a" if r["ci_pct"] is None else \
             f"[{r['ci_pct'][0]:+.1f}%, {r['ci_pct'][1]:+.1f}%]"
@@ -301,9 +216,9 @@ def tests_markdown(results: list[dict]) -> str:
         ci = f"[{b['ci_low']:.3g}, {b['ci_high']:.3g}]" if b else "n/a (no per-item data)"
         bp = _p(b["p"], b["resamples"]) if b else "-"
         delta = "-" if r["delta_pct"] is None else f"{r['delta_pct']:+.1f}%"
-        lines.append(f"| {TESTED[r['metric']]} | {_fmt(r['qat'], 4)} | {_fmt(r['fraqat'], 4)} "
-                     f"| {delta} | {seed_ci} | {t} | {ci} | {bp} |")
-    return "\n".join(lines)
+        rows.append([TESTED[r["metric"]], _fmt(r["qat"], 4), _fmt(r["fraqat"], 4), delta,
+                     seed_ci, t, ci, bp])
+    return md_table(head, rows)
 
 
 # ----------------------------------------------------------------------------- the claim
@@ -415,11 +330,6 @@ def flat_metrics(table: pd.DataFrame, results: dict[str, dict], reproduced: bool
     return out
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def run(params: Params) -> None:
     evals, missing = load_eval_rows(params)
     train, logs = load_train(params)
@@ -455,7 +365,7 @@ def run(params: Params) -> None:
     plots.plot_mosaic(sample_rows(params), paths.PLOTS / "samples.png", SAMPLE_COLUMNS)
     with atomic_path(paths.COMPARISON_CSV) as tmp:
         table.to_csv(tmp, index=False)
-    _write_text(paths.COMPARISON_MD, "\n".join(md))
+    write_text(paths.COMPARISON_MD, "\n".join(md))
     write_json(paths.METRICS, flat_metrics(table, results, reproduced, probes))
     log.info("report: %d methods, verdict %s; missing: %s", len(table),
              {True: "reproduced", False: "not reproduced", None: "n/a"}[reproduced],

@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from fraqat import paths
-from fraqat.calibration import load_calibration
-from fraqat.data import prompt_for
+from fraqat.artifacts import load_calibration
 from fraqat.io import save_tensors
-from fraqat.models import TextToImage, load_teacher
+from fraqat.models import load_teacher, predict_all
 from fraqat.params import Params
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def predict_all(model: TextToImage, calib: dict[str, torch.Tensor],
-                batch_size: int = 512) -> torch.Tensor:
-    out = []
-    for i in range(0, len(calib["t"]), batch_size):
-        sl = slice(i, i + batch_size)
-        hidden, mask = model.encode([prompt_for(y) for y in calib["labels"][sl]])
-        out.append(model.predict(calib["x_t"][sl], calib["t"][sl], hidden, mask))
-    return torch.cat(out)
 
 
 def run(params: Params) -> None:

@@ -12,26 +12,24 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
 
 from fraqat import distributed, paths
+from fraqat.artifacts import load_calibration, load_split
 from fraqat.checkpoint import fingerprint
 from fraqat.flow import noisy, velocity
 from fraqat.io import load_tensors, write_json
-from fraqat.models import TextToImage, load_teacher
-from fraqat.modules import layer_report, set_weight_bits
-from fraqat.params import Params, quant_config
+from fraqat.models import TextToImage, load_teacher, predict_all
+from fraqat.modules import QuantConfig, layer_report, set_weight_bits
+from fraqat.params import Params
 from fraqat.runs import quantized_copy, save_run
 from fraqat.schedule import make_schedule, steps_at_target
-from fraqat.stages.pretrain import load_split
-from fraqat.stages.teacher import load_calibration, predict_all
 from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
 
 log = logging.getLogger(__name__)
-SCHEDULE_OF = {"qat": "constant", "qat-target-steps": "constant",
+SCHEDULE_OF = {"ptq": "constant", "qat": "constant", "qat-target-steps": "constant",
                "int-progressive": "int-progressive"}
 
 
@@ -79,30 +77,16 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
     probe = probe_data(teacher, t.probe_samples).to(device)  # before the shared encoder moves
     data = distill_data().to(device)
     schedule = build_schedule(params, method)
-    student = quantized_copy(teacher, quant_config(params)).to(device)
-    set_weight_bits(student.transformer, params.bits if method == "ptq" else schedule.bits_at(0))
+    student = quantized_copy(teacher, QuantConfig.from_params(params)).to(device)
+    set_weight_bits(student.transformer, schedule.bits_at(0))
     n_calib = calibrate(student, data)
     log.info("%s seed %d: %d quantized layers, activations calibrated on %d batches",
              method, seed, len(layer_report(student.transformer)), n_calib)
-    cfg = TrainConfig(steps=schedule.total_steps, lr=t.lr, batch_size=t.batch_size,
-                      checkpoint_every=t.checkpoint_every, seed=seed,
-                      lr_schedule=t.lr_schedule, lr_restart_per_stage=t.lr_restart_per_stage,
-                      flow_matching_weight=t.flow_matching_weight, probe_every=t.probe_every,
-                      warmup=t.warmup_steps,
-                      fingerprint=fingerprint({"params": params.model_dump(), "method": method,
-                                               "seed": seed}))
-    trainer = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe)
-    if method != "ptq":
-        result = trainer.fit()
-        return student.to("cpu"), result
-    start = time.perf_counter()
-    loss = trainer.loss_on(data, torch.arange(min(len(data), 512))).item()
-    trainer.rows = [{"step": 0, "loss": round(loss, 7), "bits": params.bits, "lr": 0.0,
-                     "target_loss": round(trainer.probe_loss(), 7)}]
-    trainer.write_log()
-    return student.to("cpu"), {"final_loss": trainer.rows[0]["loss"],
-                     "final_target_loss": trainer.rows[0]["target_loss"], "steps": 0,
-                     "resumed_from": 0, "wall_seconds": time.perf_counter() - start}
+    cfg = TrainConfig.from_params(
+        t, steps=0 if method == "ptq" else schedule.total_steps, seed=seed,
+        fingerprint=fingerprint({"params": params.model_dump(), "method": method, "seed": seed}))
+    result = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe).fit()
+    return student.to("cpu"), result
 
 
 def run(params: Params, method: str, seed: int) -> None:
@@ -114,7 +98,7 @@ def run(params: Params, method: str, seed: int) -> None:
     result["world_size"] = distributed.world_size()
     meta = {"method": method, "seed": seed, "weight_bits": params.bits,
             "act_bits": params.act_bits, **result}
-    save_run(paths.run_dir(method, seed), student, quant_config(params), meta)
+    save_run(paths.run_dir(method, seed), student, QuantConfig.from_params(params), meta)
     write_json(paths.train_metrics(method, seed), meta)
     ckpt = paths.checkpoint_dir(method, seed) / "checkpoint.pt"
     ckpt.unlink(missing_ok=True)  # the finished run now lives in data/runs
