@@ -1,6 +1,6 @@
 """Investigate bit schedules at equal budget: many (variant, seed) trainings in parallel.
 
-Runs the same code as the ``train`` stage (:func:`fraqat.stages.train.train_student`) for each
+Runs the same code as the ``train`` stage (:func:`fraqat.methods.train_student`) for each
 variant = (method, params overrides), one single-threaded process per run, in a project where
 ``dvc repro teacher`` (and optionally ``classifier``) already ran. Reports the sensitive
 metrics: held-out distillation loss at the deployed bits, and sample MSE to the teacher from
@@ -33,7 +33,7 @@ VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
                                                "schedule.final_fraction": 0.5}),
         ("continuous-final30", "fraqat", {"schedule.fraqat_kind": "continuous",
                                           "schedule.final_fraction": 0.3}),
-        ("fraqat-lr-restart", "fraqat", {"train.lr_restart_per_stage": True}),
+        ("fraqat-lr-restart", "fraqat", {"train.lr_schedule": "cosine-per-stage"}),
         ("fraqat-start6-final50", "fraqat", {"schedule.start_bits": 6,
                                              "schedule.final_fraction": 0.5}),
         ("qat-warmup", "qat", {"train.warmup_steps": 30}),
@@ -47,7 +47,7 @@ VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
         ("fraqat-equal", "fraqat", {}),
         ("qat-constlr", "qat", {"train.lr_schedule": "constant"}),
         ("fraqat-constlr", "fraqat", {"train.lr_schedule": "constant"}),
-        ("fraqat-restart-final50", "fraqat", {"train.lr_restart_per_stage": True,
+        ("fraqat-restart-final50", "fraqat", {"train.lr_schedule": "cosine-per-stage",
                                               "schedule.final_fraction": 0.5}),
         ("fraqat-final80", "fraqat", {"schedule.final_fraction": 0.8}),
         ("fraqat-final90", "fraqat", {"schedule.final_fraction": 0.9}),
@@ -107,8 +107,8 @@ def run_one(job: tuple[str, str, dict, int, dict]) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from fraqat.methods import train_student
     from fraqat.params import load_params
-    from fraqat.stages.train import train_student
 
     params = load_params("params.yaml", {**base, **overrides})
     with tempfile.TemporaryDirectory() as tmp:

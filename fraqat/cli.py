@@ -84,12 +84,19 @@ def teacher(params: Path = ParamsOpt) -> None:
 
 
 @app.command()
-def train(method: str = typer.Option(..., help="ptq | qat | fraqat | int-progressive"),
+def train(method: str = typer.Option(..., help="ptq | qat | qat-warmup | fraqat | fraqat-late | "
+                                                   "int-progressive | qat-target-steps"),
           seed: int = typer.Option(0, min=0), params: Path = ParamsOpt) -> None:
     """Quantization-aware training of one (method, seed) run, resumable."""
     from fraqat.params import TRAINED_METHODS
 
     _run_stage("train", params, method=_check_method(method, TRAINED_METHODS), seed=seed)
+
+
+@app.command()
+def tune(params: Path = ParamsOpt) -> None:
+    """Choose each method's learning rate on the validation split (reports/tune.json)."""
+    _run_stage("tune", params)
 
 
 @app.command()

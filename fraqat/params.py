@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fraqat.errors import ParamsError
 
-METHODS = ("fp", "ptq", "qat", "fraqat", "int-progressive", "qat-target-steps")
-TRAINED_METHODS = ("ptq", "qat", "fraqat", "int-progressive", "qat-target-steps")
+METHODS = ("fp", "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "int-progressive",
+           "qat-target-steps")
+TRAINED_METHODS = METHODS[1:]
 MODELS = ("tiny-sana", "sana-600m", "sana-1.6b", "pixart-sigma", "sd3.5-medium", "flux-schnell")
 Bits = typing.Annotated[float, Field(ge=2, le=16)]
 
@@ -43,8 +44,18 @@ class PretrainParams(_Strict):
     seed: int = Field(0, ge=0)
 
 
+class OutlierParams(_Strict):
+    """Function-preserving weight outliers in the teacher (:mod:`fraqat.outliers`); 0: none."""
+
+    fraction: float = Field(0.0, ge=0, le=1)
+    factor: float = Field(50.0, gt=0)
+    seed: int = Field(0, ge=0)
+
+
 class CalibrationParams(_Strict):
     num_samples: int = Field(2048, ge=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)  # of the train split, for tuning only
+    validation_samples: int = Field(256, ge=1)
     seed: int = Field(0, ge=0)
 
 
@@ -65,6 +76,8 @@ class ScheduleParams(_Strict):
     fp_warmup: float = Field(0.0, ge=0, lt=1)
     final_fraction: float | None = Field(None, gt=0, le=1)
     fraqat_kind: Literal["fraqat", "continuous"] = "fraqat"
+    late_final_fraction: float = Field(0.7, gt=0, le=1)  # fraqat-late's share at the target
+    control_of: Literal["fraqat", "fraqat-late"] = "fraqat-late"  # what the controls mirror
 
 
 class TrainParams(_Strict):
@@ -72,14 +85,21 @@ class TrainParams(_Strict):
     lr: float = Field(1e-4, gt=0, le=1)
     batch_size: int = Field(64, ge=1)
     checkpoint_every: int = Field(200, ge=1)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    lr_restart_per_stage: bool = False
+    lr_schedule: Literal["cosine", "cosine-per-stage", "restart", "constant"] = "restart"
     flow_matching_weight: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     probe_every: int = Field(50, ge=1)
     probe_samples: int = Field(256, ge=1)
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay the step on CUDA
     autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on the CPU
+
+
+class TuneParams(_Strict):
+    """Per-method learning rate, chosen on the validation split (``lr_grid: []``: train.lr)."""
+
+    lr_grid: list[typing.Annotated[float, Field(gt=0, le=1)]] = [1e-4, 3e-4, 1e-3, 3e-3]
+    steps: int | None = Field(None, ge=1)  # null: train.steps (the same budget)
+    seed: int = Field(0, ge=0)
 
 
 class EvalParams(_Strict):
@@ -107,14 +127,16 @@ class Params(_Strict):
     allow_download: bool = False
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     methods: list[Literal[TRAINED_METHODS]] = [  # type: ignore[valid-type]
-        "ptq", "qat", "fraqat", "int-progressive"]  # the control is opt-in (the ablation)
+        "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "qat-target-steps"]
     seeds: list[int] = [0, 1]
     data: DataParams = DataParams()
     pretrain: PretrainParams = PretrainParams()
+    outliers: OutlierParams = OutlierParams()
     calibration: CalibrationParams = CalibrationParams()
     quant: QuantParams = QuantParams()
     schedule: ScheduleParams = ScheduleParams()
     train: TrainParams = TrainParams()
+    tune: TuneParams = TuneParams()
     eval: EvalParams = EvalParams()
     export: ExportParams = ExportParams()
 

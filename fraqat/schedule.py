@@ -10,6 +10,19 @@ Stage lengths: ``shape="equal"`` splits the progressive part equally between lev
 ``shape="linear"`` makes stage i (0-based) last proportionally to i+1, so lower bit-widths get
 more steps. ``final_fraction`` reserves that share of all steps for the target level (the rest is
 shared by the higher levels). The last step is always at the target exactly.
+
+Learning-rate shapes (:func:`make_lr_schedule`, ``lr_at(step)``), after a linear warm-up of
+``warmup`` steps (``lr = peak * (k + 1) / warmup``), each a cosine ``peak * (1 + cos(pi p)) / 2``
+over a segment with progress ``p`` in [0, 1]:
+
+* ``cosine``            one cosine over the whole run (the target stage gets its tail).
+* ``cosine-per-stage``  a fresh cosine in every constant-bits stage.
+* ``restart``           one cosine over the high-bit stages, a fresh one over the target stage
+                        (the target stage gets the whole cosine, as a QAT run of its length).
+* ``constant``          ``peak`` after the warm-up.
+
+``offset`` shifts the run into the schedule (``lr_at(k)`` is the value at step ``k + offset``):
+the target-steps control takes FraQAT's lr values from its first target step on.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from fraqat.quant import check_bits
 
 SCHEDULES = ("constant", "fraqat", "int-progressive", "continuous")
 SHAPES = ("equal", "linear")
+LR_SHAPES = ("cosine", "cosine-per-stage", "restart", "constant")
 
 
 class Schedule(Protocol):
@@ -169,3 +183,62 @@ def make_schedule(name: str, target: float, total_steps: int, *, start: float = 
     kept = [(lv, b) for lv, b, n in zip(all_levels, boundaries, all_lengths, strict=True) if n > 0]
     return ProgressiveSchedule(tuple(lv for lv, _ in kept), tuple(b for _, b in kept),
                                total_steps)
+
+
+def stage_boundaries(schedule) -> tuple[int, ...]:
+    """First step of every constant-bits stage (0 always; every step where the bits change)."""
+    bits = [schedule.bits_at(k) for k in range(schedule.total_steps)]
+    return (0,) + tuple(k for k in range(1, len(bits)) if bits[k] != bits[k - 1])
+
+
+def first_target_step(schedule) -> int:
+    """The step from which the schedule stays at its target bits."""
+    return stage_boundaries(schedule)[-1] if schedule.bits_at(0) != schedule.target else 0
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """``lr_at(step)`` of one shape (module docstring); ``boundaries`` are the stage starts."""
+
+    shape: str
+    peak: float
+    total_steps: int
+    warmup: int = 0
+    boundaries: tuple[int, ...] = (0,)
+    offset: int = 0
+
+    def segment(self, k: int) -> tuple[int, int]:
+        """The [start, end) steps that one cosine spans around step ``k``."""
+        if self.shape == "cosine-per-stage":
+            starts = [b for b in self.boundaries if b <= k] or [0]
+            ends = [b for b in self.boundaries if b > k] + [self.total_steps]
+            return starts[-1], ends[0]
+        if self.shape == "restart" and len(self.boundaries) > 1:
+            last = self.boundaries[-1]
+            return (last, self.total_steps) if k >= last else (0, last)
+        return 0, self.total_steps
+
+    def lr_at(self, step: int) -> float:
+        k = step + self.offset
+        if k < self.warmup:
+            return self.peak * (k + 1) / self.warmup
+        if self.shape == "constant":
+            return self.peak
+        start, end = self.segment(k)
+        start = max(start, min(self.warmup, end - 1))
+        progress = min(1.0, (k - start) / max(1, end - start))
+        return self.peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_lr_schedule(shape: str, peak: float, schedule, *, warmup: int = 0,
+                     offset: int = 0) -> LRSchedule:
+    """The lr of ``shape`` over the stages of the bit ``schedule``; one-line ValueError if bad."""
+    if shape not in LR_SHAPES:
+        raise ValueError(f"lr_schedule={shape!r} is not allowed (allowed: {', '.join(LR_SHAPES)})")
+    if not (isinstance(peak, (int, float)) and 0 < peak < math.inf):
+        raise ValueError(f"lr={peak!r} is not allowed (allowed: a finite number > 0)")
+    for name, v in (("warmup_steps", warmup), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name}={v!r} is not allowed (allowed: an integer >= 0)")
+    return LRSchedule(shape, float(peak), schedule.total_steps, warmup,
+                      stage_boundaries(schedule), offset)

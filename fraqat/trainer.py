@@ -30,7 +30,6 @@ from fraqat import distributed
 from fraqat.checkpoint import load_checkpoint, save_checkpoint
 from fraqat.data import PROMPTS
 from fraqat.errors import FraqatError
-from fraqat.flow import cosine_lr
 from fraqat.io import atomic_path
 from fraqat.models import TextToImage
 from fraqat.modules import (
@@ -40,7 +39,7 @@ from fraqat.modules import (
     set_weight_bits,
     weight_bits,
 )
-from fraqat.schedule import Schedule
+from fraqat.schedule import LRSchedule, Schedule, make_lr_schedule
 from fraqat.train_step import StepRunner
 
 if TYPE_CHECKING:
@@ -58,8 +57,7 @@ class TrainConfig:
     batch_size: int
     checkpoint_every: int
     seed: int
-    lr_schedule: str = "cosine"
-    lr_restart_per_stage: bool = False
+    lr_schedule: str | LRSchedule = "cosine"
     flow_matching_weight: float = 0.0
     probe_every: int = 50
     warmup_steps: int = 0
@@ -113,20 +111,12 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     return torch.randint(0, n, (batch_size,), generator=g)
 
 
-def stage_start(schedule: Schedule, step: int) -> int:
-    """First step of the constant-bits stage that contains ``step`` (for per-stage restarts)."""
-    starts = [b for b in schedule.boundaries if b <= step]
-    return starts[-1] if starts else 0
-
-
 def learning_rate(cfg: TrainConfig, schedule: Schedule, step: int) -> float:
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    if cfg.lr_restart_per_stage:
-        start = stage_start(schedule, step)
-        ends = [b for b in schedule.boundaries if b > step] + [cfg.steps]
-        return cosine_lr(step - start, ends[0] - start, cfg.lr)
-    return cosine_lr(step, cfg.steps, cfg.lr, warmup=cfg.warmup_steps)
+    """``cfg.lr_schedule`` is an :class:`~fraqat.schedule.LRSchedule` or a shape's name."""
+    lr = cfg.lr_schedule
+    if isinstance(lr, str):
+        lr = make_lr_schedule(lr, cfg.lr, schedule, warmup=cfg.warmup_steps)
+    return lr.lr_at(step)
 
 
 class Trainer:

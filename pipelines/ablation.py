@@ -28,7 +28,7 @@ import pandas as pd
 from pipelines.ablation_report import cell_table, size_table, write_report
 
 # Every cell trains qat, fraqat and the control (qat with only FraQAT's steps at the target).
-BASE = {"methods": "[qat,fraqat,qat-target-steps]"}
+BASE = {"methods": "[qat,fraqat,qat-target-steps]", "schedule.control_of": "fraqat"}
 FINAL70 = {"schedule.final_fraction": 0.7}
 CHANNEL = {"quant.granularity": "channel"}
 GRIDS: dict[str, dict[str, dict[str, object]]] = {
@@ -48,7 +48,7 @@ GRIDS: dict[str, dict[str, dict[str, object]]] = {
         "w4-final90": {"bits": 4, "schedule.final_fraction": 0.9},
         "w4-step0.25-final70": {"bits": 4, "schedule.step": 0.25, **FINAL70},
         "w4-continuous-final70": {"bits": 4, "schedule.fraqat_kind": "continuous", **FINAL70},
-        "w4-restart": {"bits": 4, "train.lr_restart_per_stage": True},
+        "w4-restart": {"bits": 4, "train.lr_schedule": "cosine-per-stage"},
         "w4-final70-x0.5": {"bits": 4, "train.steps": 200, **FINAL70},
         "w4-final70-x2": {"bits": 4, "train.steps": 800, **FINAL70},
         "w3-equal": {"bits": 3},

@@ -34,7 +34,8 @@ def schedule_label(p: dict) -> str:
     label = ("continuous decay" if kind == "continuous" else
              f"step {p.get('schedule.step', 0.5):g}") + (
         f", {100 * final:.0f}% at target" if final else ", equal stages")
-    return label + (", lr restart per stage" if p.get("train.lr_restart_per_stage") else "")
+    restart = p.get("train.lr_schedule") == "cosine-per-stage"
+    return label + (", lr restart per stage" if restart else "")
 
 
 def cell_table(rows: list[dict]) -> pd.DataFrame:

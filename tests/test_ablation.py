@@ -27,7 +27,7 @@ def _exp(name: str, bits: int, qat: float, fraqat: float, ci=(-1.0, 1.0), stamp=
             "params": {"params.yaml": {"data": {
                 "bits": bits, "seeds": [0, 1, 2], "quant": {"granularity": "tensor"},
                 "schedule": {"final_fraction": 0.7, "step": 0.5, "fraqat_kind": "fraqat"},
-                "train": {"steps": 400, "lr_restart_per_stage": False}}}},
+                "train": {"steps": 400, "lr_schedule": "restart"}}}},
             "metrics": {"reports/metrics.json": {"data": _metrics(qat, fraqat, ci)}}}
     exp = {"name": name, "revs": [{"rev": f"rev-{name}-{stamp}", "name": name, "data": data}]}
     return exp | ({"executor": {"state": state}} if state else {})

@@ -10,7 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraqat.schedule import SCHEDULES, SHAPES, bit_levels, make_schedule, steps_at_target
+from fraqat.flow import cosine_lr
+from fraqat.schedule import (
+    LR_SHAPES,
+    SCHEDULES,
+    SHAPES,
+    bit_levels,
+    first_target_step,
+    make_lr_schedule,
+    make_schedule,
+    stage_boundaries,
+    steps_at_target,
+)
 
 
 def trace(s, total: int) -> list[float | None]:
@@ -162,3 +173,73 @@ def test_bad_schedule_params(kwargs: dict, needle: str) -> None:
 def test_bad_schedule_args(args: tuple, needle: str) -> None:
     with pytest.raises(ValueError, match=re.escape(needle)):
         make_schedule(*args)
+
+
+def lrs(shape: str, bits, **kw) -> list[float]:
+    lr = make_lr_schedule(shape, 1e-3, bits, **kw)
+    return [lr.lr_at(k) for k in range(bits.total_steps)]
+
+
+@given(shape=st.sampled_from(LR_SHAPES), name=st.sampled_from(SCHEDULES),
+       total=st.integers(1, 300), warmup=st.integers(0, 50),
+       final_fraction=st.one_of(st.none(), st.floats(0.05, 1.0)))
+@settings(max_examples=100, deadline=None)
+def test_lr_properties(shape: str, name: str, total: int, warmup: int,
+                       final_fraction: float | None) -> None:
+    bits = make_schedule(name, 4, total, final_fraction=final_fraction)
+    values = lrs(shape, bits, warmup=warmup)
+    assert all(0 < v <= 1e-3 * (1 + 1e-12) for v in values)
+    assert values[:warmup] == [1e-3 * (k + 1) / warmup for k in range(min(warmup, total))]
+    if shape == "constant":
+        assert set(values[warmup:]) <= {1e-3}
+    # offset: the run sees the schedule from step `offset` on
+    o = total // 3
+    shifted = make_lr_schedule(shape, 1e-3, bits, warmup=warmup, offset=o)
+    assert [shifted.lr_at(k) for k in range(total - o)] == values[o:]
+
+
+def test_cosine_is_the_old_formula() -> None:
+    bits = make_schedule("fraqat", 4, 400)
+    assert lrs("cosine", bits, warmup=30) == [cosine_lr(k, 400, 1e-3, 30) for k in range(400)]
+
+
+def test_cosine_per_stage_restarts_at_every_level() -> None:
+    bits = make_schedule("fraqat", 4, 900)
+    values = lrs("cosine-per-stage", bits)
+    starts = stage_boundaries(bits)
+    assert starts == tuple(range(0, 900, 100))
+    assert all(values[b] == 1e-3 for b in starts)
+    assert all(values[k] > values[k + 1] for k in range(899) if k + 1 not in starts)
+
+
+@pytest.mark.parametrize("final_fraction", [None, 0.7])
+def test_restart_gives_the_target_stage_a_full_cosine(final_fraction: float | None) -> None:
+    bits = make_schedule("fraqat", 4, 400, final_fraction=final_fraction)
+    first = first_target_step(bits)
+    n = steps_at_target(bits)
+    assert first == 400 - n
+    values = lrs("restart", bits)
+    qat = lrs("cosine", make_schedule("constant", 4, n))
+    assert values[first:] == pytest.approx(qat, rel=1e-12)  # = a QAT run of the target's length
+    assert values[0] == values[first] == 1e-3
+    # under one cosine the target stage only gets the tail (the confound in the science notes)
+    tail = lrs("cosine", bits)[first:]
+    assert max(tail) < 0.5e-3 if final_fraction is None else max(tail) > 0.5e-3
+
+
+def test_lr_of_constant_bits_has_no_stages() -> None:
+    bits = make_schedule("constant", 4, 100)
+    assert first_target_step(bits) == 0 and stage_boundaries(bits) == (0,)
+    assert lrs("restart", bits) == lrs("cosine", bits) == lrs("cosine-per-stage", bits)
+
+
+@pytest.mark.parametrize(("args", "kw", "needle"), [
+    (("zigzag", 1e-3), {}, "lr_schedule='zigzag'"),
+    (("cosine", 0.0), {}, "lr=0.0"),
+    (("cosine", float("nan")), {}, "lr=nan"),
+    (("cosine", 1e-3), {"warmup": -1}, "warmup_steps=-1"),
+    (("cosine", 1e-3), {"offset": 1.5}, "offset=1.5"),
+])
+def test_bad_lr_params(args: tuple, kw: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        make_lr_schedule(*args, make_schedule("constant", 4, 10), **kw)

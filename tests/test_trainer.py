@@ -64,10 +64,13 @@ def test_methods_share_the_budget(project):
     qat_bits = {line.split("\t")[2] for line in
                 (project / paths.train_log("qat", 0)).read_text().splitlines()[1:]}
     assert qat_bits == {"4.0"}
-    r = train(project, "qat-target-steps")  # the control: QAT with FraQAT's steps at 4 bits
-    assert r.returncode == 0, r.stderr
+    for method in ("fraqat-late", "qat-target-steps"):  # the control: QAT on the target-bit
+        r = train(project, method)  # steps of its fractional source, schedule.control_of
+        assert r.returncode == 0, r.stderr
+    late = (project / paths.train_log("fraqat-late", 0)).read_text().splitlines()[1:]
+    at_target = [float(line.split("\t")[2]) for line in late].count(4.0)
     assert read_json(project / paths.train_metrics("qat-target-steps", 0))["steps"] == \
-        bits.count(4.0) < 24
+        at_target < 24
     assert not (project / paths.checkpoint_dir("fraqat", 0) / "checkpoint.pt").exists()
 
 
@@ -110,11 +113,11 @@ def test_corrupt_checkpoint_is_reported_in_one_line(project):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(project, monkeypatch):
     monkeypatch.chdir(project)
+    from fraqat.methods import distill_data
     from fraqat.models import load_teacher
     from fraqat.modules import QuantConfig
     from fraqat.runs import quantized_copy
     from fraqat.schedule import make_schedule
-    from fraqat.stages.train import distill_data
     from fraqat.trainer import TrainConfig, Trainer, calibrate
 
     data = distill_data()

@@ -2,6 +2,9 @@
 
 Stands in for "download the pretrained checkpoint": a tiny ``SanaTransformer2DModel`` and a
 learned prompt encoder trained from scratch on the digits, written to ``data/teacher``.
+``outliers.fraction > 0`` then rescales channel pairs (:mod:`fraqat.outliers`: same FP
+function, weights with outliers like a large pretrained DiT's); ``reports/teacher.json`` holds
+the weights' abs-max/std and kurtosis either way.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from fraqat.artifacts import load_split
 from fraqat.data import PROMPTS, prompt_for
 from fraqat.errors import FraqatError
 from fraqat.flow import cosine_lr, noisy, sample_times, velocity
-from fraqat.io import atomic_path
+from fraqat.io import atomic_path, write_json
 from fraqat.models import build_tiny_sana
+from fraqat.outliers import add_outliers, summarize, weight_stats
 from fraqat.params import Params
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,15 @@ def run(params: Params) -> None:
         bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
     seconds = time.perf_counter() - start
     log.info("teacher trained in %.1f s, final loss (EMA) %.4f", seconds, ema)
+    model = model.to("cpu").eval()
+    o, chosen = params.outliers, {}
+    if o.fraction > 0:
+        chosen = add_outliers(model.transformer, o.fraction, o.factor, o.seed)
+    stats = weight_stats(model.transformer)
+    log.info("teacher weights: %s", summarize(stats))
     with atomic_path(paths.TEACHER) as out:
-        model.to("cpu").eval().save_pretrained(out, meta={
+        model.save_pretrained(out, meta={
             "model": "tiny-sana", "train_seconds": seconds, "final_loss": ema, "steps": p.steps})
+    write_json(paths.TEACHER_REPORT, {**summarize(stats), "outlier_fraction": o.fraction,
+                                      "outlier_factor": o.factor, "rescaled_channels": chosen,
+                                      "layers": stats})

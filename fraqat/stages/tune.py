@@ -1,0 +1,61 @@
+"""Stage ``tune``: each method's peak learning rate, chosen on the validation split.
+
+The validation split is train-split images that QAT never trains on (``fraqat calibrate``);
+the held-out split that the report scores is never read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+from fraqat import paths
+from fraqat.errors import FraqatError
+from fraqat.io import write_json
+from fraqat.methods import choose_lr, train_student, tuned_methods, validation_data
+from fraqat.models import load_teacher
+from fraqat.params import Params
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params) -> None:
+    """Train every tuned method once per ``tune.lr_grid`` value (seed ``tune.seed``, budget
+    ``tune.steps`` or ``train.steps``); keep the lr with the lowest validation loss at the
+    target bits. Writes ``reports/tune.json`` only when every run has finished."""
+    grid, methods = list(params.tune.lr_grid), tuned_methods(params)
+    steps = params.tune.steps or params.train.steps
+    tuned = params.model_copy(update={"train": params.train.model_copy(update={"steps": steps})})
+    out: dict = {"grid": grid, "steps": steps, "seed": params.tune.seed,
+                 "lr_schedule": params.train.lr_schedule,
+                 "validation_samples": params.calibration.validation_samples,
+                 "losses": {}, "stability": {}, "chosen": {}}
+    if not grid:
+        out["chosen"] = {m: params.train.lr for m in methods}
+        write_json(paths.TUNE, out)
+        return
+    val = validation_data(load_teacher(paths.TEACHER))
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            losses, stab = {}, {}
+            for lr in grid:
+                run = Path(tmp) / f"{method}-lr{lr:g}"
+                try:
+                    _, result = train_student(tuned, method, params.tune.seed, run / "ckpt",
+                                              run / "log.tsv", lr=lr, probe=val)
+                except FraqatError as exc:  # the trainer stops on a non-finite loss
+                    log.warning("tune %s lr %g: %s", method, lr, exc)
+                    losses[lr], stab[lr] = math.inf, {"diverged": True}
+                    continue
+                losses[lr] = float(result["final_target_loss"])
+                stab[lr] = {k: result[k] for k in ("max_spike", "diverged", "final_loss")}
+                log.info("tune %s lr %g: validation loss %.5f (%.1f s)", method, lr,
+                         losses[lr], result["wall_seconds"])
+            out["losses"][method] = {f"{lr:g}": v if math.isfinite(v) else None
+                                     for lr, v in losses.items()}
+            out["stability"][method] = {f"{lr:g}": v for lr, v in stab.items()}
+            out["chosen"][method] = choose_lr(losses)
+            log.info("tune %s: lr %g", method, out["chosen"][method])
+    write_json(paths.TUNE, out)
