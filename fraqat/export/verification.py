@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -96,7 +97,7 @@ def torch_probed(transformer: nn.Module, inputs: dict[str, torch.Tensor],
     """PyTorch output plus each layer's fake-quantized input, from forward hooks."""
     seen: dict[str, np.ndarray] = {}
     calling: list[str] = []
-    modules = dict(quant_layers(transformer))
+    modules: dict[str, Any] = dict(quant_layers(transformer))
     quantizers = {id(modules[n].input_quantizer): modules[n].input_quantizer for n in layers}
 
     def record(mod, args, out):
@@ -125,7 +126,7 @@ def torch_forced(transformer: nn.Module, inputs: dict[str, torch.Tensor],
     """
     seen: dict[str, np.ndarray] = {}
     calling: list[str] = []
-    modules = dict(quant_layers(transformer))
+    modules: dict[str, Any] = dict(quant_layers(transformer))
 
     def force(mod, args, out):
         name = calling[-1]
@@ -189,7 +190,7 @@ def qdq_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 def _errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     diff = np.abs(got.astype(np.float64) - want)
-    return float(diff.max()), float(np.linalg.norm(diff) / max(np.linalg.norm(want), 1e-12))
+    return float(diff.max()), float(np.linalg.norm(diff)) / max(float(np.linalg.norm(want)), 1e-12)
 
 
 def _flip_summary(flips: dict[str, dict]) -> dict:
@@ -254,7 +255,7 @@ def per_tensor_semantics(result: ExportResult, transformer: nn.Module,
     with layer_input_semantics(transformer):
         views = torch_forward(transformer, inputs) if readers else got
     local = {n: _errors(got_acts[n], forced_acts[n])[1] for n in got_acts}
-    worst = max(local, key=local.get, default=None)
+    worst = max(local, key=lambda n: local[n], default=None)
     return {"tensors_also_read_by_float_ops": sorted(readers),
             "rel_l2_error": local[worst] if worst else 0.0, "worst_layer": worst,
             "rel_l2_tolerance": tol.per_tensor_rel_l2, "end_to_end_rel_l2_error": rel_l2,
