@@ -218,7 +218,8 @@ class Trainer:
             group["lr"] = lr
         idx = distributed.shard(batch_indices(len(self.data), self.cfg.batch_size, self.cfg.seed,
                                               step))
-        loss = self.runner.forward_backward(idx, key=forward_signature(self._layers))
+        runner = self.runner or self.build_runner()
+        loss = runner.forward_backward(idx, key=forward_signature(self._layers))
         if not math.isfinite(loss.item()):
             raise FraqatError(f"non-finite loss ({loss.item()}) at step {step} "
                               f"(bits={bits}, lr={lr:.3g}); stopped, the last good "
@@ -260,7 +261,8 @@ class Trainer:
                     save_checkpoint(self.checkpoint_dir, self._state(step + 1))
                 distributed.barrier()
                 self.last_good = step + 1
-        self.runner.release()
+        if self.runner is not None:
+            self.runner.release()
         self._bits = ()
         self.student.transformer = tr  # unwrap DDP
         set_weight_bits(tr, self.schedule.bits_at(cfg.steps - 1))
