@@ -43,6 +43,10 @@ def ablation(root: Path) -> str:
     return section((root / "reports/ablation/ablation.md").read_text(), "Finding")
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f}" if n >= 100 * 2**20 else f"{n / 2**20:.3g}"
+
+
 def export(root: Path) -> str:
     """The export checks of the embedded model (``reports/export.json``) and of the
     Sana-600M config (``benchmarks/results/export-sana-600m-cpu.json``), one row each."""
@@ -62,8 +66,7 @@ def export(root: Path) -> str:
                     f"| {sem['end_to_end_rel_l2_error']:.1e} "
                     f"| {sem['layer_input_rel_l2_error']:.1e} "
                     f"| {check['weights']['code_mismatches']} of {check['weights']['codes']:,} "
-                    f"differ | {sizes['fp32_bytes'] / 2**20:,.1f} → "
-                    f"{sizes['packed_bytes'] / 2**20:,.1f} MiB |")
+                    f"differ | {_mib(sizes['fp32_bytes'])} → {_mib(sizes['packed_bytes'])} MiB |")
     return "\n".join(rows)
 
 

@@ -33,7 +33,7 @@ def test_render_replaces_a_stale_block(tmp_path):
              "<!-- export:start -->\nold\n<!-- export:end -->\n")
     out = render(stale, tmp_path)
     assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
-    assert "| 1.0e-04 (≤ 0.01) | 2.0e-03 | 7.0e-02 | 0 of 10 differ | 1.0 → 0.1 MiB |" in out
+    assert "| 1.0e-04 (≤ 0.01) | 2.0e-03 | 7.0e-02 | 0 of 10 differ | 1 → 0.125 MiB |" in out
     del export["per_tensor_semantics"]["end_to_end_rel_l2_error"]  # an older export report
     (tmp_path / "reports/export.json").write_text(json.dumps(export))
     assert "not yet reproduced with per-tensor quantizers" in render(stale, tmp_path)
