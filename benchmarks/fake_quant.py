@@ -1,115 +1,196 @@
-"""Throughput of fraqat's fractional fake-quantizer against torch's INT fake-quant and a copy.
+"""Bandwidth of fraqat's fake-quant ops against a device-to-device copy and torch's INT4 op.
 
-    python benchmarks/fake_quant.py --device cpu --sizes 2048x2048 --bits 4.5 --json out.json
+    python -m benchmarks.fake_quant --json out.json          # on a GPU: 8192x8192, fp32 + bf16
+    python -m benchmarks.fake_quant --device cpu --size 1024 --repeats 2
 
-For each tensor size it times, forward ("fwd") and forward+backward ("fwd+bwd"):
-``fraqat.quant.fake_quantize`` at ``--bits`` per tensor / per channel / per group, and as
-references ``torch.fake_quantize_per_channel_affine`` at 4 bits (scale precomputed) and a
-plain ``x.clone()``. Reported: median ms over ``--repeats`` runs after ``--warmup`` runs, and
-GB/s counting only the bytes of the input/output tensors: fwd reads x and writes y (2 tensors);
-fwd+bwd also reads dy and writes dx (4 tensors). Scale computation is included for fraqat
-(it is part of every training forward) and excluded for the torch reference.
+For fp32 and bf16, per tensor / channel / group of 64 at 4 bits, forward ("fwd", a training
+forward: autograd records it) and forward+backward ("f+b") through :func:`fraqat.ops.
+fake_quantize` (the one dispatch point: Triton on CUDA) and, for comparison, the PyTorch
+reference on the same device. GB/s counts the bytes a perfect kernel must move: read x and
+write y (fwd), plus read dy and write dx (f+b); "% copy" divides by the measured copy. Per
+tensor needs a second read of x for the global abs-max: its bound is 2/3 of copy (fwd) and
+4/5 (f+b), reported as "% bound". Each number is the median of ``--repeats`` repeats of
+``--reps`` calls, with the spread (min-max of the repeat medians); "exact" compares values
+and gradients with the CPU reference. Kernel times are CUDA-graph replays of 10 calls (the
+GPU work alone, as the trainer's default CUDA-graph step runs it); "eager f+b ms" is one
+eager call, host launch work included.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from gpu import time_ms  # the shared timer (benchmarks/ is on sys.path when run)
 
-from fraqat.quant import compute_qparams, fake_quantize
+from benchmarks.timing import meta, spread, sync, time_ms, write_json
+from fraqat import kernels, ops
+from fraqat.quant import QParams, compute_qparams, fake_quantize
 
-
-def parse_size(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(d) for d in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not allowed (allowed: e.g. 4096x4096)")
-    return shape
+BOUND = {"tensor": {"fwd": 2 / 3, "f+b": 4 / 5}}  # of copy: the extra read of x
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median time of ``fn`` in ms (CUDA events on a GPU, else the host clock)."""
-    return statistics.median(time_ms(fn, warmup=warmup, reps=repeats))
+GRAPH_CALLS = 10
 
 
-def cases(x: torch.Tensor, bits: float, group_size: int) -> dict[str, Callable]:
-    """name -> function of one tensor, all producing a tensor shaped like ``x``."""
-    qp = compute_qparams(x, 4, granularity="channel", axis=0)
-    scale, zp = qp.scale.flatten(), qp.zero_point.flatten()
-    return {
-        "copy (x.clone)": lambda t: t.clone(),
-        "torch per-channel INT4": lambda t: torch.fake_quantize_per_channel_affine(
-            t, scale, zp, 0, qp.quant_min, qp.quant_max),
-        f"fraqat tensor b={bits:g}": lambda t: fake_quantize(t, bits),
-        f"fraqat channel b={bits:g}": lambda t: fake_quantize(t, bits, granularity="channel"),
-        f"fraqat group{group_size} b={bits:g}": lambda t: fake_quantize(
-            t, bits, granularity="group", group_size=group_size),
-    }
+def _repeat(fn: Callable[[], object], repeats: int, reps: int) -> dict:
+    """Per-call kernel time: replays of a CUDA graph of ``GRAPH_CALLS`` calls (host clock and
+    plain calls on the CPU)."""
+    if not torch.cuda.is_available():
+        return spread([time_ms(fn, warmup=2, reps=reps) for _ in range(repeats)])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_CALLS):
+            fn()
+    res = spread([[t / GRAPH_CALLS for t in time_ms(graph.replay, warmup=2, reps=reps)]
+                  for _ in range(repeats)])
+    del graph
+    torch.cuda.empty_cache()
+    return res
 
 
-def bench(shape: tuple[int, ...], args: argparse.Namespace) -> list[dict]:
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    x = torch.randn(shape, device=device, dtype=dtype)
-    xg = x.clone().requires_grad_(True)
-    dy = torch.randn_like(x)
+def _exact(fq: Callable, x: torch.Tensor, g: torch.Tensor, gran: str, bits: float) -> str:
+    xc = x.detach().cpu().requires_grad_(True)
+    y_ref = fake_quantize(xc, bits, granularity=gran)
+    (dx_ref,) = torch.autograd.grad(y_ref, xc, g.cpu())
+    xd = x.detach().clone().requires_grad_(True)
+    y = fq(xd)
+    (dx,) = torch.autograd.grad(y, xd, g)
+    bad_y = int((y.detach().cpu() != y_ref.detach()).sum())
+    bad_dx = int((dx.cpu() != dx_ref).sum())
+    return "yes" if bad_y + bad_dx == 0 else f"no: {bad_y} y, {bad_dx} dx differ"
+
+
+def bench_dtype(dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(args.size, args.size, generator=gen) * 0.02).to(dtype).to(args.device)
+    g = torch.randn(args.size, args.size, generator=gen).to(dtype).to(args.device)
+    x.requires_grad_(True)
     nbytes = x.numel() * x.element_size()
-    rows = []
-    for name, f in cases(x, args.bits, args.group_size).items():
-
-        def fwd_bwd(f: Callable = f) -> None:
-            xg.grad = None
-            f(xg).backward(dy)
-
-        for mode, fn, tensors in (("fwd", lambda f=f: f(x), 2), ("fwd+bwd", fwd_bwd, 4)):
-            with torch.inference_mode(mode == "fwd"):
-                ms = timed(fn, device, args.repeats, args.warmup)
-            rows.append({"size": "x".join(map(str, shape)), "op": name, "mode": mode,
-                         "ms": ms, "gb_s": tensors * nbytes / ms / 1e6})
+    name = str(dtype).removeprefix("torch.")
+    out = torch.empty_like(x)
+    copy = _repeat(lambda: out.copy_(x.detach()), args.repeats, args.reps)
+    copy_gbs = 2 * nbytes / copy["median"] / 1e6
+    rows = [{"dtype": name, "granularity": "-", "path": "copy (D2D)", "fwd": copy,
+             "fwd_gbs": copy_gbs, "fwd_pct": 100.0}]
+    qp = compute_qparams(x, 4.0, granularity="channel")
+    cases: list[tuple[str, str, Callable]] = [("channel", "torch per-channel INT4", lambda t:
+        torch.fake_quantize_per_channel_affine(t, qp.scale.flatten(), qp.zero_point.flatten(),
+                                               0, qp.quant_min, qp.quant_max))]
+    for gran in ("tensor", "channel", "group"):
+        for path in args.paths.split(","):
+            cases.append((gran, path, lambda t, gran=gran: ops.fake_quantize(
+                t, args.bits, granularity=gran, group_size=args.group_size)))
+    for gran, path, fq in cases:
+        row = {"dtype": name, "granularity": gran, "path": path}
+        with kernels.use_backend(path if path in kernels.BACKENDS else "reference"):
+            if path in kernels.BACKENDS:
+                row["exact"] = _exact(fq, x, g, gran, args.bits)
+            row["fwd"] = _repeat(lambda fq=fq: fq(x), args.repeats, args.reps)
+            row["f+b"] = _repeat(lambda fq=fq: torch.autograd.grad(fq(x), x, g),
+                                 args.repeats, args.reps)
+            row["eager_fb_ms"] = statistics.median(
+                time_ms(lambda fq=fq: torch.autograd.grad(fq(x), x, g), reps=args.reps))
+        for mode, tensors in (("fwd", 2), ("f+b", 4)):
+            s = row[mode]
+            row[f"{mode}_gbs"] = tensors * nbytes / s["median"] / 1e6
+            row[f"{mode}_pct"] = 100 * row[f"{mode}_gbs"] / copy_gbs
+            row[f"{mode}_pct_lo"] = 100 * tensors * nbytes / s["hi"] / 1e6 / copy_gbs
+            row[f"{mode}_pct_hi"] = 100 * tensors * nbytes / s["lo"] / 1e6 / copy_gbs
+            if gran in BOUND and path == "triton":
+                row[f"{mode}_pct_bound"] = row[f"{mode}_pct"] / BOUND[gran][mode]
+        rows.append(row)
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def host_overhead_us(device: str, calls: int = 300) -> list[dict]:
+    """Host time of one forward+backward call on a tiny tensor: what eager steps pay per op."""
+    x = torch.randn(64, 64, device=device, requires_grad=True)
+    g = torch.ones(64, 64, device=device)
+    qp = compute_qparams(x, 8.0, symmetric=False)
+    scale, zp = qp.scale.reshape(()), qp.zero_point.reshape(())
+    grid = torch.tensor([7.0, -7.0, 7.0], device=device)
+    given = QParams(scale, zp, 0, 255)
+    cases = {"x * 2 (one aten op)": lambda t: t * 2,
+             "torch.fake_quantize_per_tensor_affine":
+                 lambda t: torch.fake_quantize_per_tensor_affine(t, scale, zp, 0, 255),
+             "fraqat::fake_quant (weight, layer path)": lambda t: ops.fake_quantize_grid(t, grid),
+             "fraqat::fake_quant_given (activation)": lambda t: ops.fake_quantize_given(t, given)}
+    rows = []
+    for name, fn in cases.items():
+        for _ in range(20):
+            torch.autograd.grad(fn(x), x, g)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            torch.autograd.grad(fn(x), x, g)
+        sync()
+        rows.append({"case": name, "us_per_fwd_bwd": (time.perf_counter() - t0) / calls * 1e6})
+    return rows
+
+
+def _pct(r: dict, mode: str) -> str:
+    if f"{mode}_pct" not in r:
+        return f"{'-':>17}"
+    text = f"{r[f'{mode}_pct']:4.0f} [{r.get(f'{mode}_pct_lo', 100):3.0f}-" \
+           f"{r.get(f'{mode}_pct_hi', 100):3.0f}]"
+    return f"{text:>17}"
+
+
+def table(res: dict) -> str:
+    m = res["meta"]
+    lines = [f"{m['device']} | torch {m['torch']} | triton {m['triton']} | {m['date']}",
+             f"fake-quant {res['size']}x{res['size']} at {res['bits']:g} bits: % of copy, "
+             f"median [spread over {res['repeats']} repeats]",
+             f"{'dtype':9}{'gran.':9}{'path':24}{'fwd ms':>8}{'fwd %copy':>17}{'f+b ms':>8}"
+             f"{'f+b %copy':>17}{'%bound':>13}{'eager f+b':>10}  exact"]
+    for r in res["rows"]:
+        fb = r.get("f+b", {}).get("median")
+        bound = (f"{r['fwd_pct_bound']:5.0f} /{r['f+b_pct_bound']:5.0f}"
+                 if "fwd_pct_bound" in r else "-")
+        lines.append(f"{r['dtype']:9}{r['granularity']:9}{r['path']:24}"
+                     f"{r['fwd']['median']:8.3f}{_pct(r, 'fwd')}"
+                     f"{'-' if fb is None else format(fb, '8.3f'):>8}{_pct(r, 'f+b')}"
+                     f"{bound:>13}{r.get('eager_fb_ms', float('nan')):10.3f}"
+                     f"  {r.get('exact', '-')}")
+    lines += ["", "host time per forward+backward call on a 64x64 tensor (eager launch cost)"]
+    lines += [f"  {r['case']:44}{r['us_per_fwd_bwd']:8.1f} us" for r in res["host_overhead"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(4096, 4096)],
-                   help="tensor sizes, e.g. 4096x4096 8192x8192")
-    p.add_argument("--bits", type=float, default=4.5)
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=8192)
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--paths", default="triton,reference")
+    p.add_argument("--bits", type=float, default=4.0)
     p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available (allowed: cpu)")
-
-    machine = (torch.cuda.get_device_name() if args.device == "cuda" else
-               f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    rows = [r for shape in args.sizes for r in bench(shape, args)]
-    print(f"fake-quant benchmark: {args.device} ({machine}), torch {torch.__version__}, "
-          f"{args.dtype}, median of {args.repeats}")
-    print(f"{'size':>11}  {'op':<26} {'mode':<8} {'ms':>9} {'GB/s':>8}")
-    for r in rows:
-        print(f"{r['size']:>11}  {r['op']:<26} {r['mode']:<8} {r['ms']:>9.3f} {r['gb_s']:>8.2f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"device": args.device, "machine": machine, "torch": torch.__version__,
-                "dtype": args.dtype, "bits": args.bits, "group_size": args.group_size,
-                "repeats": args.repeats, "warmup": args.warmup}
-        args.json.write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
+    res = {"meta": meta(), "size": args.size, "bits": args.bits, "repeats": args.repeats,
+           "reps": args.reps, "rows": []}
+    for name in args.dtypes.split(","):
+        res["rows"] += bench_dtype(getattr(torch, name), args)
+    res["host_overhead"] = host_overhead_us(args.device)
+    write_json(args.json, res)
+    print(table(res))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {"QuantConfig": "modules", "quantize_model": "modules", "set_weight_bits": "modules",
-            "fake_quantize": "quant", "make_schedule": "schedule"}
+            "fake_quantize": "ops", "make_schedule": "schedule"}
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

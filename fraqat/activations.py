@@ -3,7 +3,8 @@
 Life cycle: ``observe`` (collect the running min/max over calibration batches, pass the input
 through unchanged) -> ``freeze`` (fix scale and zero point from the observed range) ->
 quantize every forward. With ``learn=True`` the frozen scale becomes a parameter trained by
-the LSQ gradient of :func:`fraqat.quant.quantize_with_qparams`.
+the LSQ gradient of :func:`fraqat.quant.quantize_with_qparams` (through
+:func:`fraqat.ops.fake_quantize_given`, the one dispatch point).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fraqat import kernels
-from fraqat.quant import QParams, check_bits, qmax, quantize_with_qparams
+from fraqat import ops
+from fraqat.quant import QParams, check_bits, code_range, qmax
 
 _EPS = torch.finfo(torch.float32).eps
 
@@ -40,10 +41,7 @@ class ActQuantizer(nn.Module):
     @property
     def quant_range(self) -> tuple[int, int]:
         """Integer code range: [-n, n] (symmetric, narrow) or [0, 2**b - 1]."""
-        if self.symmetric:
-            n = round(qmax(self.bits))
-            return -n, n
-        return 0, round(2.0**self.bits - 1.0)
+        return code_range(self.bits, self.symmetric)
 
     def observe(self) -> None:
         self.observing = True
@@ -84,12 +82,7 @@ class ActQuantizer(nn.Module):
             return x
         if not self._ready:
             return x  # not calibrated yet: behave as full precision
-        if not self.learn and kernels.fused_enabled(x):  # output in autocast's dtype
-            out = kernels.fake_quantize_activation(x, self.qparams(),
-                                                   out_dtype=kernels.compute_dtype(x))
-            if out is not None:
-                return out
-        return quantize_with_qparams(x.float(), self.qparams()).to(x.dtype)
+        return ops.fake_quantize_given(x, self.qparams(), out_dtype=ops.compute_dtype(x))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, symmetric={self.symmetric}, learn={self.learn}"

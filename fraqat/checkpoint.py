@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from fraqat.errors import FraqatError
+from fraqat.io import atomic_path
 
 FILENAME = "checkpoint.pt"
 
@@ -25,18 +24,9 @@ def fingerprint(config: dict) -> str:
 
 
 def save_checkpoint(folder: Path, state: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / FILENAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

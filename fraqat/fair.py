@@ -121,6 +121,10 @@ def verdict(rows: list[dict], evals: pd.DataFrame, chosen: dict, control_of: str
                         f"({r['outcome'].replace('loses', 'worse').replace('wins', 'better')}"
                         f"{' than' if r['outcome'] != 'ties' else ''}"
                         f"{'' if r['outcome'] == 'ties' else ' it'}).")
+    n = min((x["n"] for r in rows for x in r["results"].values() if x), default=0)
+    text.append(f"Outcomes use the means over {n} seed(s); the 95 % intervals over seeds are "
+                "in the fair-protocol table" + (" and are wide with this few seeds." if n < 5
+                                                 else "."))
     return " ".join(text)
 
 

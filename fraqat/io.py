@@ -25,6 +25,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
+        if tmp.is_file():  # on disk before the rename: a crash leaves the old file or the new
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o755 if tmp.is_dir() else 0o644)  # mkdtemp's 0700 is too private
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fraqat import kernels
+from fraqat import ops
 from fraqat.activations import ActQuantizer
-from fraqat.quant import GRANULARITIES, check_bits, fake_quantize
+from fraqat.quant import GRANULARITIES, check_bits, grid_tensor
 
 if TYPE_CHECKING:
     from fraqat.params import Params
@@ -81,13 +81,29 @@ class _QuantMixin:
     weight: nn.Parameter
 
     def _setup_quant(self, config: QuantConfig, keep_8bit: bool) -> None:
-        self.weight_bits: float | None = config.weight_bits
         self.min_bits: float | None = KEEP_8BIT_DEFAULT if keep_8bit else None
         self.granularity = config.granularity
         self.group_size = config.group_size
         self.symmetric = config.symmetric
         self.input_quantizer = ActQuantizer(config.act_bits, symmetric=config.act_symmetric,
                                             learn=config.learn_act_scale)
+        # the bit-width as the ops read it (divisor, qmin, qmax): setting bits is a copy into
+        # this buffer, so compiled graphs and captured CUDA graphs stay valid (not saved)
+        self.register_buffer("weight_grid", grid_tensor(8.0, self.symmetric,
+                                                        self.weight.device), persistent=False)
+        self.weight_bits = config.weight_bits
+
+    @property
+    def weight_bits(self) -> float | None:
+        return self._weight_bits
+
+    @weight_bits.setter
+    def weight_bits(self, bits: float | None) -> None:
+        self._weight_bits = bits
+        self._quantize_weight = bits is not None  # the only bits-dependent branch in forward
+        if bits is not None and self.effective_bits != getattr(self, "_grid_bits", None):
+            self.weight_grid.copy_(grid_tensor(self.effective_bits, self.symmetric))
+            self._grid_bits = self.effective_bits
 
     @property
     def effective_bits(self) -> float | None:
@@ -97,17 +113,12 @@ class _QuantMixin:
         return max(self.weight_bits, self.min_bits)
 
     def quantized_weight(self) -> torch.Tensor:
-        bits = self.effective_bits
-        if bits is None:
+        """The fake-quantized weight, in autocast's dtype when autocast is on (no fp32 copy)."""
+        if not self._quantize_weight:
             return self.weight
-        if kernels.fused_enabled(self.weight):  # emits autocast's dtype: no fp32 round trip
-            out = kernels.fake_quantize_triton(
-                self.weight, bits, granularity=self.granularity, group_size=self.group_size,
-                symmetric=self.symmetric, out_dtype=kernels.compute_dtype(self.weight))
-            if out is not None:
-                return out
-        return fake_quantize(self.weight, bits, granularity=self.granularity, axis=0,
-                             group_size=self.group_size, symmetric=self.symmetric)
+        return ops.fake_quantize_grid(self.weight, self.weight_grid, granularity=self.granularity,
+                                      group_size=self.group_size, symmetric=self.symmetric,
+                                      out_dtype=ops.compute_dtype(self.weight))
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -165,6 +176,16 @@ def quant_layers(model: nn.Module) -> Iterator[tuple[str, _QuantMixin]]:
     for name, mod in model.named_modules():
         if isinstance(mod, _QuantMixin):
             yield name, mod
+
+
+def forward_signature(layers: Iterable[_QuantMixin]) -> tuple[bool, ...]:
+    """The host-side state that decides which kernels the layers launch (not their values,
+    which live in tensors): a captured CUDA graph is valid while this stays the same."""
+    sig = []
+    for layer in layers:
+        q = layer.input_quantizer
+        sig += [layer._quantize_weight, q.bits is not None and q._ready and not q.observing]
+    return tuple(sig)
 
 
 def set_weight_bits(model: nn.Module, bits: float | None) -> None:

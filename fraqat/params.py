@@ -6,8 +6,9 @@ A bad file stops with exit code 2 and one line ``params.yaml: <key>: <problem> (
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -89,6 +90,8 @@ class TrainParams(_Strict):
     warmup_steps: int = Field(0, ge=0)
     probe_every: int = Field(50, ge=1)
     probe_samples: int = Field(256, ge=1)
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay the step on CUDA
+    autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on the CPU
 
 
 class TuneParams(_Strict):
@@ -189,7 +192,7 @@ def _describe(tp, metadata) -> str:
     return name + (" " + " and ".join(bounds) if bounds else "")
 
 
-def _format(err: dict) -> str:
+def _format(err: Mapping[str, Any]) -> str:
     loc = tuple(err["loc"])
     cls, name = _field_for(loc)
     key = ".".join(str(p) for p in loc)
@@ -198,7 +201,7 @@ def _format(err: dict) -> str:
         return f"params.yaml: {key}: unknown key (allowed: {allowed})"
     if name is None and len(loc) > 1:  # an item inside a list
         parent_cls, parent = _field_for(loc[:-1])
-        if parent is not None:
+        if parent_cls is not None and parent is not None:
             f = parent_cls.model_fields[parent]
             return (f"params.yaml: {key}: {err['input']!r} is not valid "
                     f"(allowed: {_describe(f.annotation, f.metadata)})")

@@ -7,13 +7,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-from fraqat.io import atomic_path  # noqa: E402
-from fraqat.params import METHODS  # noqa: E402
+from fraqat.io import atomic_path
+from fraqat.params import METHODS
 
 
 def _save(fig, path: Path) -> None:

@@ -16,6 +16,9 @@ exactly (the same ``x * (1/s)`` rounding is used).
 Gradients are straight-through inside the clamp range and zero outside, like torch's
 fake-quant. With a detached scale that is plain STE; passing a scale that requires grad
 gives the LSQ (learned step size) gradient for free.
+
+This module is the pure reference: no GPU code, no dispatch. The layers call the custom ops
+of :mod:`fraqat.ops` (CPU: the ``reference_*`` functions below; CUDA: :mod:`fraqat.kernels`).
 """
 
 from __future__ import annotations
@@ -46,9 +49,33 @@ def qmax(bits: float) -> float:
     return 2.0 ** (bits - 1) - 1.0
 
 
+def code_range(bits: float, symmetric: bool = True) -> tuple[int, int]:
+    """Integer code range: [-round(q_max(b)), round(q_max(b))] or [0, round(2**b - 1)]."""
+    if symmetric:
+        n = round(qmax(bits))
+        return -n, n
+    return 0, round(2.0**bits - 1.0)
+
+
+def grid(bits: float, symmetric: bool = True) -> tuple[float, int, int]:
+    """``(divisor, qmin, qmax)`` of a data-range quantizer: ``s = range / divisor``.
+
+    The divisor is ``q_max(b)`` (symmetric: range = abs-max) or ``2**b - 1`` (asymmetric:
+    range = max(x, 0) - min(x, 0)); the code range is :func:`code_range`.
+    """
+    return (qmax(bits) if symmetric else 2.0**bits - 1.0, *code_range(bits, symmetric))
+
+
+def grid_tensor(bits: float, symmetric: bool = True,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """:func:`grid` as a (3,) fp32 tensor: what the ops read, so a bit change is a copy."""
+    return torch.tensor(grid(bits, symmetric), dtype=torch.float32, device=device)
+
+
 def num_levels(bits: float, symmetric: bool = True) -> int:
     """Number of distinct codes: 2*round(q_max)+1 (symmetric) or round(2**b-1)+1."""
-    return 2 * round(qmax(bits)) + 1 if symmetric else round(2.0**bits - 1.0) + 1
+    qmin, qmax_ = code_range(bits, symmetric)
+    return qmax_ - qmin + 1
 
 
 @dataclass(frozen=True)
@@ -89,17 +116,21 @@ def compute_qparams(x: torch.Tensor, bits: float, *, symmetric: bool = True,
     bits = check_bits(bits)
     _check_granularity(x, granularity, axis, group_size)
     rows = _group_view(x.detach().float(), granularity, axis, group_size)
+    divisor, qmin, qmax_ = grid(bits, symmetric)
+    scale, zero_point = _row_qparams(rows, torch.tensor(divisor, dtype=torch.float32), symmetric)
+    return QParams(scale, zero_point.to(torch.int32), qmin, qmax_)
+
+
+def _row_qparams(rows: torch.Tensor, divisor: torch.Tensor,
+                 symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (scale, zero point as float) of fp32 ``rows``; ``divisor`` from :func:`grid`."""
     if symmetric:
-        n = round(qmax(bits))
-        m = rows.abs().amax(dim=1, keepdim=True)
-        scale = (m / qmax(bits)).clamp_min(_EPS)
-        return QParams(scale, torch.zeros_like(scale, dtype=torch.int32), -n, n)
-    levels = 2.0**bits - 1.0
+        scale = (rows.abs().amax(dim=1, keepdim=True) / divisor).clamp_min(_EPS)
+        return scale, torch.zeros_like(scale)
     lo = rows.amin(dim=1, keepdim=True).clamp_max(0.0)
     hi = rows.amax(dim=1, keepdim=True).clamp_min(0.0)
-    scale = ((hi - lo) / levels).clamp_min(_EPS)
-    zero_point = torch.round(-lo * (1.0 / scale)).to(torch.int32)
-    return QParams(scale, zero_point, 0, round(levels))
+    scale = ((hi - lo) / divisor).clamp_min(_EPS)
+    return scale, torch.round(-lo * (1.0 / scale))
 
 
 def quantize_with_qparams(rows: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -109,11 +140,6 @@ def quantize_with_qparams(rows: torch.Tensor, qp: QParams) -> torch.Tensor:
     where ``qmin <= round(x/s) + z <= qmax`` (bounds included, torch's fake-quant mask) and 0
     elsewhere; wrt ``s`` it is LSQ's ``(code - z) - x/s`` inside, ``code - z`` outside.
     """
-    if rows.is_cuda and not torch.compiler.is_compiling():  # fused GPU path, same results
-        from fraqat.kernels import dispatch_quantize_with_qparams
-        out = dispatch_quantize_with_qparams(rows, qp)
-        if out is not None:
-            return out
     scale, zp = qp.scale, qp.zero_point.to(rows.dtype)
     scaled = rows.detach() * (1.0 / scale.detach())  # x * (1/s), the rounding torch uses
     q = torch.round(scaled) + zp
@@ -133,14 +159,9 @@ def fake_quantize(x: torch.Tensor, bits: float, *, granularity: Granularity = "t
 
     ``granularity``: one scale for the whole tensor, one per slice along ``axis``
     ("channel"), or one per ``group_size`` consecutive values of each slice ("group").
-    On CUDA a fused kernel (:mod:`fraqat.kernels`) gives the same values and gradients.
+    This is the reference in plain PyTorch; :func:`fraqat.ops.fake_quantize` is the same
+    function through the custom op (fused on CUDA).
     """
-    if x.is_cuda and not torch.compiler.is_compiling():
-        from fraqat.kernels import dispatch_fake_quantize
-        out = dispatch_fake_quantize(x, bits, granularity=granularity, axis=axis,
-                                     group_size=group_size, symmetric=symmetric)
-        if out is not None:
-            return out
     qp = compute_qparams(x, bits, symmetric=symmetric, granularity=granularity, axis=axis,
                          group_size=group_size)
     rows = _group_view(x, granularity, axis, group_size)
@@ -173,3 +194,50 @@ def _check_granularity(x: torch.Tensor, granularity: str, axis: int, group_size:
     if granularity == "group" and (isinstance(group_size, bool) or not isinstance(group_size, int)
                                    or group_size < 1):
         raise ValueError(f"group_size={group_size!r} is not allowed (allowed: an integer >= 1)")
+
+
+# --- the reference behind the custom ops of fraqat.ops (same signatures) --------------------
+
+
+def reference_fake_quant(x: torch.Tensor, grid_t: torch.Tensor, granularity: str,
+                         group_size: int, symmetric: bool, out_dtype: torch.dtype
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Data-range fake-quant along axis 0: ``(y, scale, zero_point, clamped)`` per group.
+
+    ``grid_t`` is :func:`grid_tensor`; scale and zero point are fp32 of shape (groups,),
+    ``clamped`` (int32) says whether any value of the group fell outside the code range,
+    which is all the backward needs besides ``x``. (The zero padding of a short last group
+    codes to the zero point, which is inside the range.)
+    """
+    rows = _group_view(x.detach().float(), granularity, 0, group_size)
+    scale, zp = _row_qparams(rows, grid_t[0], symmetric)
+    q = torch.round(rows * (1.0 / scale)) + zp
+    inside = (q >= grid_t[1]) & (q <= grid_t[2])
+    y = (torch.clamp(q, grid_t[1], grid_t[2]) - zp) * scale
+    clamped = (~inside).any(dim=1).to(torch.int32)
+    y = _ungroup(y, x, granularity, 0).to(out_dtype).contiguous()
+    return y, scale.flatten(), zp.flatten(), clamped
+
+
+def reference_fake_quant_backward(g: torch.Tensor, x: torch.Tensor, grid_t: torch.Tensor,
+                                  scale: torch.Tensor, zp: torch.Tensor, clamped: torch.Tensor,
+                                  granularity: str, group_size: int) -> torch.Tensor:
+    """Straight-through gradient of :func:`reference_fake_quant`: ``g`` inside the range, 0 out."""
+    rows = _group_view(x.detach().float(), granularity, 0, group_size)
+    q = torch.round(rows * (1.0 / scale[:, None])) + zp[:, None]
+    inside = (q >= grid_t[1]) & (q <= grid_t[2]) | (clamped[:, None] == 0)
+    mask = _ungroup(inside, x, granularity, 0)
+    return torch.where(mask, g, 0.0).to(x.dtype)
+
+
+def reference_fake_quant_given(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                               qmin: int, qmax_: int, out_dtype: torch.dtype
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake-quant with fixed qparams: ``(y, inside)`` with ``inside`` a uint8 mask like ``x``."""
+    xf = x.detach().float()
+    zp = zero_point.float()
+    q = torch.round(xf * (1.0 / scale.detach())) + zp
+    inside = (q >= qmin) & (q <= qmax_)
+    y = (torch.clamp(q, qmin, qmax_) - zp) * scale.detach()
+    return y.to(out_dtype), inside.to(torch.uint8)
+

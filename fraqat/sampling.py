@@ -7,6 +7,7 @@ prompt and noise through the teacher and a quantized student give the fidelity m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -24,7 +25,7 @@ def sample(model: TextToImage, prompts: Sequence[str], noise: torch.Tensor, step
     for i in range(0, len(prompts), batch_size):
         x = noise[i : i + batch_size].clone()
         hidden, mask = model.encode(list(prompts[i : i + batch_size]))
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        scheduler: Any = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
         scheduler.set_timesteps(steps)
         for t in scheduler.timesteps:
             tt = torch.full((x.shape[0],), float(t) / 1000.0, device=x.device)

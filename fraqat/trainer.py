@@ -8,6 +8,8 @@ differs (:mod:`fraqat.schedule`). Loss at step k with bits b_k::
 
 Batches are a pure function of (seed, step), and checkpoints hold the model, optimizer and
 step, so a killed run resumes to the same final weights as an uninterrupted one (CPU).
+On CUDA the forward + backward is replayed from a CUDA graph (:mod:`fraqat.train_step`) and
+runs under bf16 autocast unless ``train.cuda_graphs`` / ``train.autocast`` say otherwise.
 """
 
 from __future__ import annotations
@@ -28,9 +30,17 @@ from fraqat import distributed
 from fraqat.checkpoint import load_checkpoint, save_checkpoint
 from fraqat.data import PROMPTS
 from fraqat.errors import FraqatError
+from fraqat.io import atomic_path
 from fraqat.models import TextToImage
-from fraqat.modules import calibrate_activations, set_weight_bits, weight_bits
+from fraqat.modules import (
+    calibrate_activations,
+    forward_signature,
+    quant_layers,
+    set_weight_bits,
+    weight_bits,
+)
 from fraqat.schedule import LRSchedule, Schedule, make_lr_schedule
+from fraqat.train_step import StepRunner
 
 if TYPE_CHECKING:
     from fraqat.params import TrainParams
@@ -52,6 +62,8 @@ class TrainConfig:
     probe_every: int = 50
     warmup_steps: int = 0
     fingerprint: str = ""
+    cuda_graphs: str = "auto"  # auto | on | off (fraqat.train_step)
+    autocast: str = "auto"  # auto (bf16 on CUDA, off on the CPU) | bf16 | off
 
     @classmethod
     def from_params(cls, train: TrainParams, *, steps: int, seed: int,
@@ -60,6 +72,18 @@ class TrainConfig:
         same = {f.name: getattr(train, f.name) for f in fields(cls) if f.name in
                 type(train).model_fields and f.name != "steps"}
         return cls(steps=steps, seed=seed, fingerprint=fingerprint, **same)
+
+
+AUTOCAST = ("auto", "bf16", "off")
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.autocast`` on ``device`` (None: full precision)."""
+    if name not in AUTOCAST:
+        raise ValueError(f"autocast={name!r} is not allowed (allowed: {', '.join(AUTOCAST)})")
+    if name == "bf16" or (name == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 @dataclass
@@ -76,8 +100,9 @@ class DistillData:
         return len(self.t)
 
     def to(self, device: torch.device | str) -> DistillData:
-        return DistillData(*(None if getattr(self, f.name) is None
-                             else getattr(self, f.name).to(device) for f in fields(self)))
+        target = None if self.target_v is None else self.target_v.to(device)
+        return DistillData(self.x_t.to(device), self.t.to(device), self.labels.to(device),
+                           self.teacher_v.to(device), target)
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -103,8 +128,15 @@ class Trainer:
         self.student, self.data, self.schedule, self.cfg = student, data, schedule, cfg
         self.checkpoint_dir, self.log_path, self.probe = checkpoint_dir, log_path, probe
         self.encoder = student.encoder.requires_grad_(False)
-        params = [p for p in student.transformer.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        self.params = [p for p in student.transformer.parameters() if p.requires_grad]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0,
+                                     fused=self.device.type == "cuda" or None)
+        self.autocast_dtype = autocast_dtype(cfg.autocast, self.device)
+        self.runner: StepRunner | None = None  # built by fit(), after a DDP wrap
+        self._layers = [layer for _, layer in quant_layers(student.transformer)]
+        self._bits: object = ()  # bits last set on the model (set only on change)
+        self.last_good = 0
         self.rows: list[dict] = []
         with torch.no_grad():  # the encoder is frozen: encode the prompt set once
             self._prompt_hidden, self._prompt_mask = self.encoder.encode(list(PROMPTS))
@@ -127,8 +159,12 @@ class Trainer:
         if self.probe is None:
             return float("nan")
         target = self.schedule.target
-        with weight_bits(self._module(), target):
+        with weight_bits(self._module(), target), self._autocast():
             return self.loss_on(self.probe, torch.arange(len(self.probe))).item()
+
+    def _autocast(self):
+        return (torch.autocast(self.device.type, self.autocast_dtype)
+                if self.autocast_dtype else torch.autocast(self.device.type, enabled=False))
 
     def _module(self) -> torch.nn.Module:
         tr = self.student.transformer
@@ -154,13 +190,42 @@ class Trainer:
         return state["step"]
 
     def write_log(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.log_path.with_suffix(".tsv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.log_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, LOG_COLUMNS, delimiter="\t", lineterminator="\n")
             w.writeheader()
             w.writerows(self.rows)
-        tmp.replace(self.log_path)
+
+    def build_runner(self) -> StepRunner:
+        """The forward + backward of one step, eager or CUDA-graphed (see train_step)."""
+        tr = self.student.transformer
+        self.runner = StepRunner(lambda idx: self.loss_on(self.data, idx), self.params,
+                                 self.device, self.cfg.cuda_graphs, self.autocast_dtype,
+                                 distributed=isinstance(tr, DistributedDataParallel))
+        return self.runner
+
+    def train_step(self, step: int) -> tuple[torch.Tensor, float | None, float]:
+        """One optimizer step at ``step``: returns (loss on the device, bits, learning rate).
+
+        The loss is checked before the update: a non-finite loss stops with the last good
+        checkpoint kept, the weights untouched.
+        """
+        bits = self.schedule.bits_at(step)
+        if bits != self._bits:  # a copy into every layer's grid: only when it changes
+            set_weight_bits(self._module(), bits)
+            self._bits = bits
+        lr = learning_rate(self.cfg, self.schedule, step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        idx = distributed.shard(batch_indices(len(self.data), self.cfg.batch_size, self.cfg.seed,
+                                              step))
+        loss = self.runner.forward_backward(idx, key=forward_signature(self._layers))
+        if not math.isfinite(loss.item()):
+            raise FraqatError(f"non-finite loss ({loss.item()}) at step {step} "
+                              f"(bits={bits}, lr={lr:.3g}); stopped, the last good "
+                              f"checkpoint (step {self.last_good}) is kept in "
+                              f"{self.checkpoint_dir}")
+        self.opt.step()
+        return loss, bits, lr
 
     def fit(self) -> dict:
         """Train ``cfg.steps`` steps (resuming if a checkpoint matches); 0 steps is PTQ.
@@ -176,26 +241,13 @@ class Trainer:
         tr.train()
         if distributed.world_size() > 1:  # same init on every rank; DDP averages gradients
             self.student.transformer = DistributedDataParallel(tr)
+        self.build_runner()
         t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps,
                    mininterval=2, disable=not distributed.is_main())
-        last_good = start
+        self.last_good = start
         for step in bar:
-            bits = self.schedule.bits_at(step)
-            set_weight_bits(tr, bits)
-            lr = learning_rate(cfg, self.schedule, step)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            idx = distributed.shard(batch_indices(len(self.data), cfg.batch_size, cfg.seed, step))
-            loss = self.loss_on(self.data, idx)
-            if not math.isfinite(loss.item()):
-                raise FraqatError(f"non-finite loss ({loss.item()}) at step {step} "
-                                  f"(bits={bits}, lr={lr:.3g}); stopped, the last good "
-                                  f"checkpoint (step {last_good}) is kept in "
-                                  f"{self.checkpoint_dir}")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            loss, bits, lr = self.train_step(step)
             loss = distributed.mean_across_ranks(loss)
             row = {"step": step, "loss": round(loss.item(), 7),
                    "bits": FP_BITS if bits is None else bits, "lr": lr, "target_loss": ""}
@@ -207,7 +259,9 @@ class Trainer:
                 if distributed.is_main():
                     save_checkpoint(self.checkpoint_dir, self._state(step + 1))
                 distributed.barrier()
-                last_good = step + 1
+                self.last_good = step + 1
+        self.runner.release()
+        self._bits = ()
         self.student.transformer = tr  # unwrap DDP
         set_weight_bits(tr, self.schedule.bits_at(cfg.steps - 1))
         tr.eval()

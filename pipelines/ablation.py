@@ -40,7 +40,7 @@ GRIDS: dict[str, dict[str, dict[str, object]]] = {
         "w3-final70": {"bits": 3, **FINAL70},
         "w4-channel-final70": {"bits": 4, **CHANNEL, **FINAL70},
     },
-    # every axis of issue 10 at the default model size, most informative cells first
+    # every axis at the default model size, most informative cells first
     "full": {
         "w4-equal": {"bits": 4},
         "w4-final70": {"bits": 4, **FINAL70},

@@ -13,11 +13,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from fraqat.stats import paired_ttest  # noqa: E402
-from fraqat.tables import fmt_delta, markdown_table  # noqa: E402
+from fraqat.stats import paired_ttest
+from fraqat.tables import fmt_delta, markdown_table
 
 SENSITIVE = {"heldout_loss": "held-out loss", "teacher_mse": "teacher MSE"}
 CONTROL = "qat-target-steps"

@@ -54,6 +54,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fraqat import paths
+from fraqat.io import atomic_path
 
 # Stages whose commands run at the same time, at most; each gets its share of the CPU threads.
 WORKERS = int(os.environ.get("FRAQAT_FLOW_WORKERS", min(4, os.cpu_count() or 1)))
@@ -133,17 +134,13 @@ def set_params(repo: str, overrides: dict[str, object]) -> None:
     changed = [f"{k}={json.dumps(v)}" for k, v in overrides.items() if current.get(k) != v]
     if not changed:
         return
-    scratch = params.with_name(".params.flow.yaml")
-    shutil.copyfile(params, scratch)
-    try:
+    with atomic_path(params) as scratch:  # replaces params.yaml only once it validates
+        shutil.copyfile(params, scratch)
         apply_overrides(scratch, changed)
         rc, out = _stream([sys.executable, "-m", "fraqat.cli", "validate", "--params",
                            str(scratch)], Path(repo))
         if rc:
-            raise StageError(out.strip().splitlines()[-1].replace(scratch.name, "params.yaml"))
-        os.replace(scratch, params)
-    finally:
-        scratch.unlink(missing_ok=True)
+            raise StageError(out.strip().splitlines()[-1].replace(str(scratch), "params.yaml"))
 
 
 def stage_graph(repo: str | Path, targets: list[str] | None = None) -> dict[str, list[str]]:

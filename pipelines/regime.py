@@ -30,7 +30,8 @@ from fraqat.tables import fmt, fmt_delta, markdown_table
 OUT = Path("reports/regime")
 HIGH_LR = {"tune.lr_grid": "[0.003]"}  # one high rate for every method: no tuning
 OUTLIERS = {"outliers.fraction": 0.015, "outliers.factor": 50}
-BASE = {"methods": "[qat,qat-warmup,fraqat-late]", "schedule.control_of": "fraqat-late"}
+BASE = {"methods": "[qat,qat-warmup,fraqat-late]", "schedule.control_of": "fraqat-late",
+        "export.method": "qat"}  # export needs a trained method of the cell
 CELLS: dict[str, dict[str, object]] = {
     "w4-lr3e-3": {"bits": 4, **HIGH_LR},
     "w4-outliers-lr3e-3": {"bits": 4, **OUTLIERS, **HIGH_LR},

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from fraqat import distributed, paths
 from fraqat.io import read_json
-from tests.tiny_project import make_tiny_project
+from tests.tiny import make_tiny_project
 
 
 @pytest.fixture(scope="module")

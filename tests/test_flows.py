@@ -23,18 +23,18 @@ import yaml
 pytest.importorskip("prefect")
 pytest.importorskip("dvc")
 
-from _tiny_repo import env_for, make_tiny_repo  # noqa: E402
-from prefect.client.orchestration import get_client  # noqa: E402
-from prefect.client.schemas.filters import (  # noqa: E402
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
 )
-from prefect.client.schemas.objects import StateType  # noqa: E402
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings  # noqa: E402
-from prefect.states import Completed, Failed  # noqa: E402
+from prefect.client.schemas.objects import StateType
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.states import Completed, Failed
 
-from pipelines.flows import LockBusy, StageError, _fail, _is_transient, stage_graph  # noqa: E402
+from pipelines.flows import LockBusy, StageError, _fail, _is_transient, stage_graph
+from tests.tiny import env_for, make_tiny_repo
 
 
 def _free_port() -> int:

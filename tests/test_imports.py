@@ -36,3 +36,14 @@ def test_the_writer_leaves_a_current_dvc_yaml_unchanged():
 
     text = (ROOT / "dvc.yaml").read_text()
     assert rewrite(text) == text
+
+
+def test_quantization_core_layers():
+    """quant: the pure reference; kernels: only the core; ops: the one dispatch point."""
+    quant, kernels, ops = (PACKAGE / f"{m}.py" for m in ("quant", "kernels", "ops"))
+    init = PACKAGE / "__init__.py"  # every ``from fraqat import x`` runs it; it imports lazily
+    assert imports_of(quant) - {init} == frozenset()
+    assert imports_of(kernels) - {init} <= {quant}
+    assert imports_of(ops) - {init} <= {quant, kernels}
+    users = {p.name for p in PACKAGE.rglob("*.py") if kernels in imports_of(p)}
+    assert users <= {"ops.py"}, users

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _tiny_repo import env_for, make_tiny_repo
+
+from tests.tiny import env_for, make_tiny_repo
 
 KEY_OUTPUTS = ("reports/comparison.csv", "reports/comparison.md", "reports/metrics.json",
                "data/export/model.onnx", "reports/export.json")

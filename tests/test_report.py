@@ -194,16 +194,3 @@ def test_evaluate_then_report_end_to_end(tmp_path, monkeypatch):
     table = pd.read_csv(paths.COMPARISON_CSV)
     assert table["method"].tolist() == ["fp", "ptq", "noise"]
     assert "cannot be tested" in paths.COMPARISON_MD.read_text()
-
-
-def test_probe_summary_reads_the_loss_at_the_target_through_the_stages():
-    fraqat_log = pd.DataFrame({"step": [0, 1, 2, 3, 4], "bits": [8.0, 8.0, 6.0, 4.0, 4.0],
-                               "target_loss": [0.5, np.nan, 0.45, np.nan, 0.1]})
-    qat_log = pd.DataFrame({"step": [0, 1], "bits": [4.0, 4.0], "target_loss": [0.4, 0.2]})
-    logs = {("fraqat", 0): fraqat_log, ("fraqat", 1): fraqat_log.assign(
-        target_loss=fraqat_log["target_loss"] * 2), ("qat", 0): qat_log}
-    probes = report.probe_summary(logs, 4.0).set_index("method")
-    assert probes.loc["fraqat"].tolist() == pytest.approx([0.75, 0.675, 0.15])
-    assert probes.loc["qat", "final"] == 0.2 and np.isnan(probes.loc["qat", "before_target"])
-    md = report.probe_markdown(probes.reset_index(), 4.0)
-    assert "| fraqat | 0.750 | 0.675 | 0.150 |" in md

@@ -21,6 +21,7 @@ from fraqat.errors import FraqatError
 from fraqat.flow import seeded_noise
 from fraqat.io import atomic_path, load_tensors, read_json, write_json, write_text
 from fraqat.params import Params
+from fraqat.probes import PROBE_POINTS, probe_markdown, probe_summary
 from fraqat.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap, paired_ttest
 from fraqat.tables import fmt as _fmt
 from fraqat.tables import isnan as _isnan
@@ -151,41 +152,6 @@ def markdown_table(table: pd.DataFrame) -> str:
     return md_table(head, rows)
 
 
-# ----------------------------------------------------------------------------- why
-
-PROBE_POINTS = {"start": "after step 0", "before_target": "end of the high-bit stages",
-                "final": "end"}
-
-
-def probe_summary(logs: dict[tuple[str, int], pd.DataFrame], target_bits: float) -> pd.DataFrame:
-    """The held-out loss measured at the target bits at three points, mean over seeds.
-
-    ``start`` (after the first step), ``before_target`` (last probe while training above the
-    target: progressive methods only) and ``final``. If the high-bit stages moved the weights
-    toward a good low-bit solution, ``before_target`` is well below ``start``.
-    """
-    rows = []
-    for (method, seed), df in logs.items():
-        probes = df.dropna(subset=["target_loss"]) if "target_loss" in df else df.iloc[:0]
-        if probes.empty:
-            continue
-        high = probes[probes["bits"] != target_bits]
-        rows.append({"method": method, "seed": seed, "start": probes["target_loss"].iloc[0],
-                     "before_target": (high["target_loss"].iloc[-1]
-                                       if 0 < len(high) < len(probes) else float("nan")),
-                     "final": probes["target_loss"].iloc[-1]})
-    if not rows:
-        return pd.DataFrame(columns=["method", *PROBE_POINTS])
-    return pd.DataFrame(rows).groupby("method", sort=False)[list(PROBE_POINTS)].mean() \
-        .reset_index()
-
-
-def probe_markdown(probes: pd.DataFrame, bits: float) -> str:
-    head = ["method", *(f"loss at W{bits:g}, {label}" for label in PROBE_POINTS.values())]
-    return md_table(head, [[r["method"], *(_fmt(r[p], 3) for p in PROBE_POINTS)]
-                           for r in probes.to_dict("records")])
-
-
 # ----------------------------------------------------------------------------- statistics
 
 def per_item_values(method: str, seed: int, metric: str) -> np.ndarray | None:
@@ -223,12 +189,10 @@ def compare(evals: pd.DataFrame, metric: str) -> dict | None:
            "ttest_t": None, "ttest_p": None, "ci_pct": None, "bootstrap": None}
     if (test := paired_ttest(fra, qat)) is not None:
         out["ttest_t"], out["ttest_p"], out["ci_pct"] = test["t"], test["p"], test["ci_pct"]
-    items = [(per_item_values(CANDIDATE, s, metric), per_item_values(BASELINE, s, metric))
-             for s in seeds]
-    if all(f is not None and q is not None and len(f) == len(q) for f, q in items) and \
-            len({len(f) for f, _ in items}) == 1:
-        out["bootstrap"] = paired_bootstrap(np.stack([f for f, _ in items]),
-                                            np.stack([q for _, q in items]))
+    fras = [f for s in seeds if (f := per_item_values(CANDIDATE, s, metric)) is not None]
+    qats = [q for s in seeds if (q := per_item_values(BASELINE, s, metric)) is not None]
+    if len(fras) == len(qats) == len(seeds) and len({len(x) for x in fras + qats}) == 1:
+        out["bootstrap"] = paired_bootstrap(np.stack(fras), np.stack(qats))
     return out
 
 
@@ -389,8 +353,7 @@ def run(params: Params) -> None:
           "PSNR/MSE against the fp samples from the same prompts and noise; held-out "
           "distillation loss = velocity MSE to the teacher on fixed noised held-out images.",
           "", markdown_table(table), "",
-          "## The fair protocol: each method at its own learning rate",
-          "", fair_verdict, "",
+          "## The fair protocol: each method at its own learning rate", "",
           f"Every method trains at the peak learning rate that gave it the lowest loss on the "
           f"validation split (train-split images that QAT never trains on; the held-out split "
           f"above is never used to choose), `{params.train.lr_schedule}` learning-rate shape, "
@@ -413,7 +376,8 @@ def run(params: Params) -> None:
            f"The held-out distillation loss measured at W{params.bits:g} (`target_loss` in "
            "`reports/train/*.tsv`), mean over seeds. A progressive schedule helps only if its "
            "high-bit stages already lower this number.", "",
-           probe_markdown(probes, params.bits), "", "## The paper's claim", "", claim, ""]
+           probe_markdown(probes, params.bits), "", "## The paper's claim", "", fair_verdict,
+           "", claim, ""]
     if missing:
         md += [f"Missing evaluations (not in the table): {', '.join(missing)}.", ""]
 

@@ -1,4 +1,9 @@
-"""Scratch copies of the repo for the end-to-end tests (never run DVC in the real workspace)."""
+"""Tiny projects for the tests, at toy sizes so stages run for real in seconds.
+
+``make_tiny_repo``: a git copy of the sources with a params profile, for DVC and Prefect runs
+(never run DVC in the real workspace). ``make_tiny_project``: a folder where the first stages
+ran in-process, for tests of the later stages.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stage outputs and DVC's lock are results, not sources: a copy starts from a clean slate.
@@ -53,3 +60,33 @@ def make_tiny_repo(dst: Path, profile: str = "profiles/tiny.yaml") -> Path:
     git(dst, "add", "-A")
     git(dst, "commit", "-q", "-m", "tiny profile")
     return dst
+
+
+TINY_PARAMS = {
+    "methods": ["ptq", "qat", "fraqat"],
+    "seeds": [0],
+    "pretrain": {"width": 16, "layers": 1, "heads": 2, "steps": 5, "batch_size": 16},
+    "calibration": {"num_samples": 64},
+    "train": {"steps": 24, "batch_size": 8, "checkpoint_every": 4, "probe_every": 8,
+              "probe_samples": 16},
+    "eval": {"num_images": 20, "steps": 2, "batch_size": 20, "classifier_steps": 20},
+    "tune": {"lr_grid": []},  # every method at train.lr; tests/test_methods.py runs the tuning
+}
+
+
+def make_tiny_project(root: Path, overrides: dict | None = None) -> Path:
+    """Write params.yaml and run prepare/pretrain/calibrate/teacher inside ``root``."""
+    from fraqat.params import load_params
+    from fraqat.stages import calibrate, prepare, pretrain, teacher
+
+    params = {**TINY_PARAMS, **(overrides or {})}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        p = load_params("params.yaml")
+        for stage in (prepare, pretrain, calibrate, teacher):
+            stage.run(p)
+    finally:
+        os.chdir(cwd)
+    return root

@@ -1,0 +1,96 @@
+"""Shared pieces of the GPU benchmarks: timers, medians with their spread, the device record.
+
+Timing follows the device notes (METHOD.md): CUDA events around the region after warm-up,
+several repeats of several calls, the median of each repeat and the spread over repeats (one
+run of the old benchmark moved by 10+ points, so a single median is not a result).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 20) -> list[float]:
+    """Per-call times in ms: CUDA events on a GPU, the host clock after a sync elsewhere."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def wall_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 10) -> list[float]:
+    """Per-call host wall times in ms, synchronized before and after each call: what a loop
+    that waits for every step (the trainer reads each loss) experiences, launch time included."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def spread(repeats: list[list[float]]) -> dict:
+    """Median over all samples, and the min / max of the per-repeat medians (the spread)."""
+    medians = [statistics.median(r) for r in repeats]
+    return {"median": statistics.median([t for r in repeats for t in r]),
+            "repeat_medians": medians, "lo": min(medians), "hi": max(medians),
+            "samples": sum(len(r) for r in repeats)}
+
+
+def meta() -> dict:
+    """Device, versions, date and command line of this run."""
+    def version(mod: str) -> str:
+        try:
+            return __import__(mod).__version__
+        except ImportError:
+            return "missing"
+    return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "triton": version("triton"), "diffusers": version("diffusers"),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": " ".join(["python -m"] + sys.argv)}
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """Whole file or nothing (a killed run leaves no half-written JSON)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}"

@@ -1,0 +1,39 @@
+"""Every number in the README's generated blocks is what reports/ says now."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.readme import ROOT, render, section
+
+
+def test_readme_blocks_match_the_reports():
+    readme = (ROOT / "README.md").read_text()
+    assert render(readme) == readme, "run `python -m pipelines.readme` after `dvc repro`"
+
+
+def test_render_replaces_a_stale_block(tmp_path):
+    (tmp_path / "reports/ablation").mkdir(parents=True)
+    (tmp_path / "reports/comparison.md").write_text(
+        "# t\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## The paper's claim\n\nclaim text\n")
+    (tmp_path / "reports/ablation/ablation.md").write_text("## Finding\n\n- one\n\n## Cells\n")
+    stale = ("x\n<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
+             "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n")
+    out = render(stale, tmp_path)
+    assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
+    with pytest.raises(ValueError, match="no block 'results'"):
+        render("nothing here", tmp_path)
+
+
+def test_section_stops_at_the_next_heading():
+    assert section("## A\nbody\n## B\nrest", "A") == "body"
+
+
+def test_the_layout_tree_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    tree = readme[readme.index("## Development"):]
+    tree = tree[:tree.index("```", tree.index("```") + 3)]
+    files = [*ROOT.glob("fraqat/*.py"), *ROOT.glob("pipelines/*.py"), *ROOT.glob("benchmarks/*.py")]
+    missing = sorted(str(f.relative_to(ROOT)) for f in files
+                     if f.name != "__init__.py" and f.name not in tree)
+    assert not missing, f"README's layout tree does not mention {missing}"
