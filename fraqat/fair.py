@@ -37,11 +37,12 @@ def versus(evals: pd.DataFrame, method: str, ref: str, metric: str) -> dict | No
 
 def outcome(deltas: list[float | None]) -> str:
     """wins / ties / loses against the reference (module docstring); '-' if a metric is missing."""
-    if any(d is None for d in deltas):
+    known = [d for d in deltas if d is not None]
+    if len(known) < len(deltas):
         return "-"
-    if all(d <= -WIN_PCT for d in deltas):
+    if all(d <= -WIN_PCT for d in known):
         return "wins"
-    if any(d >= WIN_PCT for d in deltas) and not any(d <= -WIN_PCT for d in deltas):
+    if any(d >= WIN_PCT for d in known) and not any(d <= -WIN_PCT for d in known):
         return "loses"
     return "ties"
 
