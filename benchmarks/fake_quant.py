@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.timing import meta, spread, sync, time_ms, write_json
 from fraqat import kernels, ops
-from fraqat.quant import QParams, compute_qparams, fake_quantize
+from fraqat.quant import QParams, compute_qparams, fake_quantize, grid_tensor
 
 BOUND = {"tensor": {"fwd": 2 / 3, "f+b": 4 / 5}}  # of copy: the extra read of x
 
@@ -36,10 +36,10 @@ BOUND = {"tensor": {"fwd": 2 / 3, "f+b": 4 / 5}}  # of copy: the extra read of x
 GRAPH_CALLS = 10
 
 
-def _repeat(fn: Callable[[], object], repeats: int, reps: int) -> dict:
+def _repeat(fn: Callable[[], object], repeats: int, reps: int, graph: bool = True) -> dict:
     """Per-call kernel time: replays of a CUDA graph of ``GRAPH_CALLS`` calls (host clock and
-    plain calls on the CPU)."""
-    if not torch.cuda.is_available():
+    plain calls on the CPU; eager calls where ``graph`` is off)."""
+    if not (graph and torch.cuda.is_available()):
         return spread([time_ms(fn, warmup=2, reps=reps) for _ in range(repeats)])
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -86,18 +86,21 @@ def bench_dtype(dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
     cases: list[tuple[str, str, Callable]] = [("channel", "torch per-channel INT4", lambda t:
         torch.fake_quantize_per_channel_affine(t, qp.scale.flatten(), qp.zero_point.flatten(),
                                                0, qp.quant_min, qp.quant_max))]
+    grid = grid_tensor(args.bits, True, x.device)  # as the layers hold it: capturable
     for gran in ("tensor", "channel", "group"):
         for path in args.paths.split(","):
-            cases.append((gran, path, lambda t, gran=gran: ops.fake_quantize(
-                t, args.bits, granularity=gran, group_size=args.group_size)))
+            cases.append((gran, path, lambda t, gran=gran: ops.fake_quantize_grid(
+                t, grid, granularity=gran, group_size=args.group_size)))
     for gran, path, fq in cases:
         row = {"dtype": name, "granularity": gran, "path": path}
-        with kernels.use_backend(path if path in kernels.BACKENDS else "reference"):
-            if path in kernels.BACKENDS:
+        ours = path in kernels.BACKENDS  # torch's op syncs: not capturable, timed eagerly
+        row["timing"] = "graph" if ours else "eager"
+        with kernels.use_backend(path if ours else "reference"):
+            if ours:
                 row["exact"] = _exact(fq, x, g, gran, args.bits)
-            row["fwd"] = _repeat(lambda fq=fq: fq(x), args.repeats, args.reps)
+            row["fwd"] = _repeat(lambda fq=fq: fq(x), args.repeats, args.reps, ours)
             row["f+b"] = _repeat(lambda fq=fq: torch.autograd.grad(fq(x), x, g),
-                                 args.repeats, args.reps)
+                                 args.repeats, args.reps, ours)
             row["eager_fb_ms"] = statistics.median(
                 time_ms(lambda fq=fq: torch.autograd.grad(fq(x), x, g), reps=args.reps))
         for mode, tensors in (("fwd", 2), ("f+b", 4)):

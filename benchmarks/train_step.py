@@ -168,11 +168,11 @@ def profile(fn, path: Path, title: str, n: int = 3) -> dict:
             fn()
         sync()
     events = prof.key_averages()
-    gpu_ms = sum(e.self_device_time_total for e in events) / n / 1e3
-    quant = sum(e.self_device_time_total for e in events
-                if "fwd_kernel" in e.key or "bwd_kernel" in e.key or "stats_kernel" in e.key)
-    launches = sum(e.count for e in events if e.device_type.name == "CUDA"
-                   and e.self_device_time_total > 0) / n
+    kernels = [e for e in events if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    gpu_ms = sum(e.self_device_time_total for e in kernels) / n / 1e3  # not the annotations
+    quant = sum(e.self_device_time_total for e in kernels if e.key.endswith("_kernel")
+                and e.key.startswith(("_group", "_tensor", "_masked")))
+    launches = sum(e.count for e in kernels) / n
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(f"\n=== {title}: {gpu_ms:.1f} ms GPU kernel time per step, "

@@ -21,6 +21,11 @@ _EPS = torch.finfo(torch.float32).eps
 class ActQuantizer(nn.Module):
     """Per-tensor activation fake-quantizer; ``bits=None`` is an exact passthrough."""
 
+    min_val: torch.Tensor  # buffers (typed for the checker)
+    max_val: torch.Tensor
+    calibrated: torch.Tensor
+    zero_point: torch.Tensor
+
     def __init__(self, bits: float | None = 8, *, symmetric: bool = False, learn: bool = False):
         super().__init__()
         self.bits = None if bits is None else check_bits(bits, "act_bits")
@@ -41,6 +46,8 @@ class ActQuantizer(nn.Module):
     @property
     def quant_range(self) -> tuple[int, int]:
         """Integer code range: [-n, n] (symmetric, narrow) or [0, 2**b - 1]."""
+        if self.bits is None:
+            raise ValueError("a passthrough quantizer (bits=None) has no code range")
         return code_range(self.bits, self.symmetric)
 
     def observe(self) -> None:

@@ -14,8 +14,9 @@ math allows:
   ``x`` only for those groups: normally it just moves ``g`` in and ``dx`` out.
 - given qparams (activations, frozen per-tensor scale): a 1-byte in-range mask is saved for
   backward instead of the fp32 input, which is a temporary there.
-- elementwise modes keep a channels_last input channels_last (cuDNN's depthwise convolutions
-  need it), and ``out_dtype`` lets a caller under autocast get bf16 without an fp32 round trip.
+- activations keep their layout (channels_last stays so: cuDNN's depthwise convolutions
+  need it; a transposed view is not copied), and ``out_dtype`` lets a caller under autocast
+  get bf16 without an fp32 round trip.
 
 The bit-width is read from the device tensor ``grid`` = (divisor, qmin, qmax) of
 :func:`fraqat.quant.grid_tensor`, so a captured CUDA graph follows bit changes. Same
@@ -125,8 +126,8 @@ def fake_quant(x: torch.Tensor, grid: torch.Tensor, granularity: str, group_size
     if plan is None or grid.device != x.device:
         return None
     dev = x.device
-    xc = x.contiguous() if plan.mode == "group" else _dense(x)
-    y = torch.empty_like(xc, dtype=out_dtype)  # same strides: channels_last stays so
+    xc = x.contiguous()  # a weight: already is
+    y = torch.empty_like(xc, dtype=out_dtype)
     scale = torch.empty(plan.n_groups, dtype=torch.float32, device=dev)
     zp = torch.empty_like(scale)
     with _on(dev):
@@ -137,14 +138,17 @@ def fake_quant(x: torch.Tensor, grid: torch.Tensor, granularity: str, group_size
                 plan.groups_per_row, SYMMETRIC=symmetric, BLOCK_G=plan.block_g,
                 G_PAD=plan.g_pad, EVEN=plan.even, num_warps=_warps(plan))
             return y, scale, zp, clamped
-        stats = torch.zeros(3, dtype=torch.int32, device=dev)  # -min, max (float bits), clamped
+        # one zeroed buffer: clamped flag (returned: offset 0, aligned as inductor requires),
+        # then -min(x,0) and max(x,0) as float bits
+        buf = torch.zeros(3, dtype=torch.int32, device=dev)
+        clamped, stats = buf[:1], buf[1:]
         blocks = triton.cdiv(plan.n, _BLOCK)
         _tensor_stats_kernel[(min(blocks, 4 * _sm_count(dev)),)](xc, stats, plan.n,
                                                                  BLOCK=_BLOCK, num_warps=8)
-        _tensor_fwd_kernel[(blocks,)](xc, y, stats, grid, scale, zp, stats[2:], plan.n, 0.0, 0.0,
+        _tensor_fwd_kernel[(blocks,)](xc, y, stats, grid, scale, zp, clamped, plan.n, 0.0, 0.0,
                                       SYMMETRIC=symmetric, GIVEN=False, BLOCK=_BLOCK,
                                       num_warps=8)
-    return y, scale, zp, stats[2:]
+    return y, scale, zp, clamped
 
 
 def fake_quant_backward(g: torch.Tensor, x: torch.Tensor, grid: torch.Tensor,
@@ -154,7 +158,7 @@ def fake_quant_backward(g: torch.Tensor, x: torch.Tensor, grid: torch.Tensor,
     plan = _plan(tuple(x.shape), granularity, group_size) if _usable(x) else None
     if plan is None or g.dtype not in DTYPES or grid.device != x.device:
         return None
-    xc = x.contiguous() if plan.mode == "group" else _dense(x)
+    xc = x.contiguous()
     if g.stride() != xc.stride():  # the kernels index g, dx and x alike, element by element
         g = torch.empty_strided(g.shape, xc.stride(), dtype=g.dtype, device=g.device).copy_(g)
     dx = torch.empty_like(xc)
@@ -176,7 +180,7 @@ def fake_quant_given(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
     if not _usable(x) or scale.numel() != 1 or zero_point.numel() != 1:
         return None
     xc = _dense(x)
-    y = torch.empty_like(xc, dtype=out_dtype)
+    y = torch.empty_like(xc, dtype=out_dtype)  # same strides: channels_last stays so
     inside = torch.empty_like(xc, dtype=torch.uint8)
     s = scale.detach().reshape(1).to(x.device, torch.float32)
     z = zero_point.reshape(1).to(x.device, torch.int32)
@@ -205,14 +209,20 @@ def masked_grad(g: torch.Tensor, inside: torch.Tensor, dtype: torch.dtype) -> to
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
-    """``x`` if its elements fill one block of memory (contiguous or channels_last), else a copy.
+    """``x`` if its elements fill one block of memory in any dimension order, else a dense copy
+    in ``x``'s dimension order: the layout ``torch.empty_like(x)`` gives, which is what the ops'
+    fake implementations promise to ``torch.compile``.
 
-    Elementwise modes index that block directly, so a channels_last activation keeps its layout
+    Elementwise kernels index that block directly, so a channels_last activation keeps its layout
     and the next convolution keeps cuDNN's fast channels_last (e.g. depthwise) kernels.
     """
-    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
-        return x
-    return x.contiguous()
+    expected = 1
+    dims = sorted((st, n) for st, n in zip(x.stride(), x.shape, strict=True) if n != 1)
+    for stride, size in dims:
+        if stride != expected:
+            return torch.empty_like(x).copy_(x)
+        expected *= size
+    return x
 
 
 def _on(device: torch.device) -> contextlib.AbstractContextManager:

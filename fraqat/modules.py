@@ -10,7 +10,7 @@ so state-dict keys stay those of the original model plus each layer's ``input_qu
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -78,7 +78,9 @@ class QuantConfig:
 class _QuantMixin:
     """Weight fake-quant + input activation quantizer shared by the layer types."""
 
-    weight: nn.Parameter
+    weight: torch.Tensor
+    weight_grid: torch.Tensor  # a non-persistent buffer: (divisor, qmin, qmax) of the bits
+    register_buffer: Callable[..., None]
 
     def _setup_quant(self, config: QuantConfig, keep_8bit: bool) -> None:
         self.min_bits: float | None = KEEP_8BIT_DEFAULT if keep_8bit else None
@@ -101,9 +103,10 @@ class _QuantMixin:
     def weight_bits(self, bits: float | None) -> None:
         self._weight_bits = bits
         self._quantize_weight = bits is not None  # the only bits-dependent branch in forward
-        if bits is not None and self.effective_bits != getattr(self, "_grid_bits", None):
-            self.weight_grid.copy_(grid_tensor(self.effective_bits, self.symmetric))
-            self._grid_bits = self.effective_bits
+        eff = self.effective_bits
+        if eff is not None and eff != getattr(self, "_grid_bits", None):
+            self.weight_grid.copy_(grid_tensor(eff, self.symmetric))
+            self._grid_bits = eff
 
     @property
     def effective_bits(self) -> float | None:
@@ -152,7 +155,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
 
 
-QUANT_TYPES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QuantLinear,
+QUANT_TYPES: dict[type[nn.Module], type[QuantLinear] | type[QuantConv2d]] = {nn.Linear: QuantLinear,
                                                        nn.Conv2d: QuantConv2d}
 
 

@@ -19,6 +19,8 @@ CUDA graphs read the new value at their next replay.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -44,9 +46,16 @@ def fake_quantize(x: Tensor, bits: float, *, granularity: str = "tensor", axis: 
     """
     bits = check_bits(bits)
     _check_granularity(x, granularity, axis, group_size)
-    return fake_quantize_grid(x, grid_tensor(bits, symmetric, x.device), granularity=granularity,
+    return fake_quantize_grid(x, _grid(bits, symmetric, x.device), granularity=granularity,
                               axis=axis, group_size=group_size, symmetric=symmetric,
                               out_dtype=out_dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(bits: float, symmetric: bool, device: torch.device) -> Tensor:
+    """One read-only grid tensor per (bits, device): no host-to-device copy per call, so the
+    functional form is CUDA-graph capturable after its first call."""
+    return grid_tensor(bits, symmetric, device)
 
 
 def fake_quantize_grid(x: Tensor, grid: Tensor, *, granularity: str = "tensor", axis: int = 0,
@@ -132,9 +141,12 @@ def _fake_quant_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, grid, scale, zp, clamped)  # x: a weight, alive anyway
     ctx.granularity, ctx.group_size = granularity, group_size
     ctx.mark_non_differentiable(scale, zp, clamped)
+    ctx.set_materialize_grads(False)  # no zero-filled grads for the outputs nobody uses
 
 
 def _fake_quant_grad(ctx, gy, *_):
+    if gy is None:
+        return None, None, None, None, None, None
     x, grid, scale, zp, clamped = ctx.saved_tensors
     dx = _fake_quant_backward(gy, x, grid, scale, zp, clamped, ctx.granularity, ctx.group_size)
     return dx, None, None, None, None, None
@@ -168,6 +180,7 @@ def _given_setup(ctx, inputs, output) -> None:
     x, scale, zero_point, qmin, qmax, _ = inputs
     inside = output[1]
     ctx.mark_non_differentiable(inside)
+    ctx.set_materialize_grads(False)  # else autograd zero-fills a mask-sized uint8 grad
     ctx.x_dtype, ctx.qmin, ctx.qmax = x.dtype, qmin, qmax
     if scale.requires_grad:  # LSQ needs x; a frozen scale keeps only the 1-byte mask
         ctx.save_for_backward(inside, x, scale, zero_point)
@@ -175,15 +188,19 @@ def _given_setup(ctx, inputs, output) -> None:
         ctx.save_for_backward(inside)
 
 
+def _masked_grad_reference(g: Tensor, inside: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty_like(inside, dtype=dtype).copy_(torch.where(inside.bool(), g, 0.0))
+
+
 @torch.library.custom_op("fraqat::masked_grad", mutates_args=())
 def _masked_grad(g: Tensor, inside: Tensor, dtype: torch.dtype) -> Tensor:
-    return torch.where(inside.bool(), g, 0.0).to(dtype)
+    return _masked_grad_reference(g, inside, dtype)
 
 
 @_masked_grad.register_kernel("cuda")
 def _masked_grad_cuda(g, inside, dtype):
     dx = kernels.masked_grad(g, inside, dtype)
-    return dx if dx is not None else torch.where(inside.bool(), g, 0.0).to(dtype)
+    return dx if dx is not None else _masked_grad_reference(g, inside, dtype)
 
 
 @_masked_grad.register_fake
@@ -192,6 +209,8 @@ def _masked_grad_fake(g, inside, dtype):
 
 
 def _given_grad(ctx, gy, _):
+    if gy is None:
+        return None, None, None, None, None, None
     inside, *lsq = ctx.saved_tensors
     dx = _masked_grad(gy, inside, ctx.x_dtype)
     if not lsq:

@@ -37,8 +37,8 @@ _EPS = torch.finfo(torch.float32).eps
 
 def check_bits(bits: object, name: str = "bits") -> float:
     """Return ``bits`` as a float, or raise ValueError naming the bad value."""
-    ok = isinstance(bits, (int, float)) and not isinstance(bits, bool)
-    if not ok or not math.isfinite(bits) or not MIN_BITS <= bits <= MAX_BITS:
+    if (isinstance(bits, bool) or not isinstance(bits, (int, float))
+            or not math.isfinite(bits) or not MIN_BITS <= bits <= MAX_BITS):
         raise ValueError(f"{name}={bits!r} is not allowed (allowed: a real number in "
                          f"[{MIN_BITS:g}, {MAX_BITS:g}])")
     return float(bits)
@@ -239,5 +239,7 @@ def reference_fake_quant_given(x: torch.Tensor, scale: torch.Tensor, zero_point:
     q = torch.round(xf * (1.0 / scale.detach())) + zp
     inside = (q >= qmin) & (q <= qmax_)
     y = (torch.clamp(q, qmin, qmax_) - zp) * scale.detach()
-    return y.to(out_dtype), inside.to(torch.uint8)
+    # the layout of torch.empty_like(x), which the op's fake implementation promises
+    return (torch.empty_like(x, dtype=out_dtype).copy_(y),
+            torch.empty_like(x, dtype=torch.uint8).copy_(inside))
 

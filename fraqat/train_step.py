@@ -30,6 +30,8 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+from fraqat.errors import ParamsError
+
 log = logging.getLogger(__name__)
 MODES = ("auto", "on", "off")
 WARMUP_RUNS = 2  # eager forward + backward before a capture: lazy init, Triton compiles
@@ -42,10 +44,12 @@ class StepRunner:
                  params: list[torch.nn.Parameter], device: torch.device, mode: str = "auto",
                  autocast_dtype: torch.dtype | None = None, distributed: bool = False):
         if mode not in MODES:
-            raise ValueError(f"cuda_graphs={mode!r} is not allowed (allowed: {', '.join(MODES)})")
+            raise ParamsError(f"params.yaml: train.cuda_graphs: {mode!r} is not allowed "
+                              f"(allowed: {', '.join(MODES)})")
         if mode == "on" and (device.type != "cuda" or distributed):
-            raise ValueError("cuda_graphs='on' needs one CUDA process (allowed on this device: "
-                             "auto, off)")
+            raise ParamsError(f"params.yaml: train.cuda_graphs: 'on' needs one CUDA process, "
+                              f"this run is on {device.type}{' with DDP' if distributed else ''} "
+                              f"(allowed here: auto, off)")
         self.loss_fn, self.params, self.device = loss_fn, params, device
         self.autocast_dtype = autocast_dtype
         self.graphs = mode != "off" and device.type == "cuda" and not distributed
@@ -87,6 +91,7 @@ class StepRunner:
                 self.release()
                 self.graphs = False
                 return self.forward_backward(idx)
+        assert self._graph is not None and self._idx is not None and self._loss is not None
         self._idx.copy_(idx)
         self._graph.replay()
         return self._loss

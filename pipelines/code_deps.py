@@ -25,42 +25,53 @@ def module_file(name: str) -> Path | None:
     """``fraqat.a.b`` -> ``fraqat/a/b.py`` (or its package ``__init__.py``); None outside."""
     base = ROOT.joinpath(*name.split("."))
     for p in (base.with_suffix(".py"), base / "__init__.py"):
-        if p.is_file() and PACKAGE in p.parents or p == PACKAGE / "__init__.py":
-            return p if p.is_file() else None
+        if p.is_file() and (p.parent == PACKAGE or PACKAGE in p.parents):
+            return p
     return None
 
 
 @cache
 def imports_of(path: Path) -> frozenset[Path]:
-    """The package files ``path`` imports directly, at any depth of its syntax tree."""
+    """The package files ``path`` imports directly, at any depth of its syntax tree.
+
+    ``from fraqat.x import y`` names the submodule ``fraqat/x/y.py`` when there is one, else
+    ``fraqat/x``; the parent packages' ``__init__`` files that Python runs on the way are
+    added by :func:`closure`, not counted as edges (they would make every re-export a circle).
+    """
     out: set[Path] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            names = [n for n in subs if module_file(n)] or [node.module]
         else:
             continue
         out.update(f for n in names if (f := module_file(n)) is not None)
     return frozenset(out - {path})
 
 
+def parents(path: Path) -> set[Path]:
+    """The ``__init__.py`` of every package above ``path`` inside ``fraqat/``."""
+    return {d / "__init__.py" for d in path.parents if d == PACKAGE or PACKAGE in d.parents}
+
+
 def closure(start: Path) -> set[Path]:
-    seen, todo = set(), [start]
+    """Every package file that importing ``start`` runs."""
+    seen: set[Path] = set()
+    todo = [start]
     while todo:
         f = todo.pop()
         if f not in seen:
             seen.add(f)
-            todo.extend(imports_of(f))
+            todo.extend(imports_of(f) | parents(f))
     return seen
 
 
 def stage_code(stage: dict) -> set[str]:
     sub = stage["cmd"].split()[1]
     files = closure(PACKAGE / "stages" / f"{sub}.py") | closure(PACKAGE / "params.py")
-    files.add(PACKAGE / "__init__.py")
-    return {str(f.relative_to(ROOT)) for f in files if f.name != "__init__.py"
-            or f.parent == PACKAGE}
+    return {str(f.relative_to(ROOT)) for f in files}
 
 
 def find_cycle() -> list[Path] | None:

@@ -74,6 +74,20 @@ def test_opcheck() -> None:
                           (x.detach(), (x > 0).to(torch.uint8), torch.bfloat16))
 
 
+@pytest.mark.parametrize("layout", ["transposed", "channels_last", "strided"])
+def test_given_op_layout_is_empty_like(layout: str) -> None:
+    """Outputs take ``torch.empty_like(x)``'s layout, as the fake implementation says
+    (inductor asserts it: a transposed activation once broke the compiled CUDA step)."""
+    base = _data((2, 6, 5, 4), 7)
+    x = {"transposed": base[:, :, :, 0].transpose(1, 2),
+         "channels_last": base.to(memory_format=torch.channels_last),
+         "strided": base[:, ::2]}[layout].requires_grad_(True)
+    args = (x, torch.tensor(0.05), torch.tensor(3, dtype=torch.int32), 0, 255, torch.bfloat16)
+    y, inside = torch.ops.fraqat.fake_quant_given(*args)
+    assert y.stride() == inside.stride() == torch.empty_like(x).stride()
+    torch.library.opcheck(torch.ops.fraqat.fake_quant_given.default, args)
+
+
 def test_compile_fullgraph_no_recompile_on_bit_change() -> None:
     """The bit-width is a tensor the ops read: every stage of a schedule reuses one graph."""
     torch.manual_seed(0)

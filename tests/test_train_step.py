@@ -10,7 +10,7 @@ import torch
 from diffusers import SanaTransformer2DModel
 
 from fraqat.data import PROMPTS
-from fraqat.errors import FraqatError
+from fraqat.errors import FraqatError, ParamsError
 from fraqat.models import TextToImage, tiny_sana_config
 from fraqat.modules import QuantConfig, quantize_model
 from fraqat.schedule import ProgressiveSchedule
@@ -48,12 +48,13 @@ def make_trainer(tmp: Path, device: str, cuda_graphs: str, autocast: str = "off"
 
 
 def test_graph_switch_on_the_cpu(tmp_path: Path) -> None:
-    t = make_trainer(tmp_path, "cpu", "auto")
+    short = ProgressiveSchedule(levels=(None, 8.0), boundaries=(0, 1), total_steps=2)
+    t = make_trainer(tmp_path, "cpu", "auto", schedule=short)
     t.fit()
     assert t.runner.captures == 0 and not t.runner.graphs  # auto: eager off CUDA
-    with pytest.raises(ValueError, match="cuda_graphs='on'"):
+    with pytest.raises(ParamsError, match="train.cuda_graphs: 'on' needs one CUDA process"):
         StepRunner(lambda i: i, [], torch.device("cpu"), "on")
-    with pytest.raises(ValueError, match="allowed: auto, on, off"):
+    with pytest.raises(ParamsError, match="allowed: auto, on, off"):
         StepRunner(lambda i: i, [], torch.device("cpu"), "sometimes")
 
 

@@ -64,11 +64,13 @@ def test_methods_share_the_budget(project):
     qat_bits = {line.split("\t")[2] for line in
                 (project / paths.train_log("qat", 0)).read_text().splitlines()[1:]}
     assert qat_bits == {"4.0"}
-    r = train(project, "qat-target-steps")  # the control: QAT with FraQAT's steps at 4 bits
-    assert r.returncode == 0, r.stderr
-    # the control mirrors schedule.control_of (default fraqat-late: 70 % of the steps at 4 bits)
+    for method in ("fraqat-late", "qat-target-steps"):  # the control: QAT on the target-bit
+        r = train(project, method)  # steps of its fractional source, schedule.control_of
+        assert r.returncode == 0, r.stderr
+    late = (project / paths.train_log("fraqat-late", 0)).read_text().splitlines()[1:]
+    at_target = [float(line.split("\t")[2]) for line in late].count(4.0)
     assert read_json(project / paths.train_metrics("qat-target-steps", 0))["steps"] == \
-        round(0.7 * 24) < 24
+        at_target < 24
     assert not (project / paths.checkpoint_dir("fraqat", 0) / "checkpoint.pt").exists()
 
 

@@ -70,7 +70,7 @@ TINY_PARAMS = {
     "train": {"steps": 24, "batch_size": 8, "checkpoint_every": 4, "probe_every": 8,
               "probe_samples": 16},
     "eval": {"num_images": 20, "steps": 2, "batch_size": 20, "classifier_steps": 20},
-    "tune": {"lr_grid": []},  # every method at train.lr; tests/test_methods.py runs the tuning
+    "tune": {"lr_grid": []},  # train.lr: the trainer tests are not about tuning
 }
 
 

@@ -4,7 +4,9 @@ Reads the run ``export.method`` / ``seeds[0]`` and writes ``data/export/`` (``mo
 ``model.encodings``, ``manifest.json``) as one atomic directory, and ``reports/export.json``.
 The export is verified before it is kept: onnxruntime against the PyTorch fake-quant forward
 on ``export.num_check_samples`` calibration inputs, weight codes compared exactly (see
-:class:`fraqat.htp_export.Tolerance`). A failed check raises one line and leaves no export.
+:class:`fraqat.export.Tolerance`), and the run must have been trained with the per-tensor
+activation quantizers the device runs (the plan in its ``quant.json`` equals the loaded one).
+A failed check raises one line and leaves no export.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import onnx
 import onnxruntime
 import torch
 
-from fraqat import htp_export, paths
+from fraqat import export, paths
 from fraqat.artifacts import load_calibration
 from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
@@ -27,6 +28,7 @@ from fraqat.io import atomic_path, read_json, write_json
 from fraqat.models import TextToImage
 from fraqat.params import Params
 from fraqat.runs import load_run
+from fraqat.tensor_quantizers import plan_of
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,18 @@ def transformer_inputs(model: TextToImage, calib: dict[str, torch.Tensor],
             "timestep": calib["t"][:n] * 1000.0, "encoder_attention_mask": mask}
 
 
-def manifest(params: Params, run_info: dict, result: htp_export.ExportResult,
-             sizes: dict, onnx_bytes: int, inputs: dict[str, torch.Tensor]) -> dict:
+def trained_semantics(run_info: dict, transformer: torch.nn.Module) -> list[str]:
+    """A failure line if the run was trained with other activation quantizers than it loads."""
+    trained = run_info.get("tensor_quantizers")
+    if trained is None:
+        return ["the run was trained before per-tensor activation quantizers (retrain it)"]
+    if trained != plan_of(transformer):
+        return ["the run's tensor_quantizers in quant.json differ from the loaded model's"]
+    return []
+
+
+def manifest(params: Params, run_info: dict, result: export.ExportResult,
+             sizes: dict, files: list[Path], inputs: dict[str, torch.Tensor]) -> dict:
     cfg = run_info.get("config", {})
     containers = Counter(result.lowered.weight_dtypes.values())
     return {"model": params.model, "method": params.export.method, "seed": params.seeds[0],
@@ -56,10 +68,11 @@ def manifest(params: Params, run_info: dict, result: htp_export.ExportResult,
             "num_quantized_layers": len(set(result.weights) | set(result.acts)),
             "num_weight_quantized": len(result.weights),
             "num_activation_quantized": len(result.acts),
-            "encodings_version": htp_export.AIMET_VERSION,
+            "num_activation_tensors": len(result.lowered.dequantized),
+            "encodings_version": export.AIMET_VERSION,
             "inputs": {k: ["batch", *v.shape[1:]] for k, v in inputs.items()},
-            "output": htp_export.OUTPUT_NAME, "onnx_bytes": onnx_bytes, **sizes,
-            "files": ["model.onnx", "model.encodings", "manifest.json"]}
+            "output": export.OUTPUT_NAME, "onnx_bytes": sum(f.stat().st_size for f in files),
+            **sizes, "files": [f.name for f in files] + ["model.encodings", "manifest.json"]}
 
 
 def run(params: Params) -> None:
@@ -71,17 +84,18 @@ def run(params: Params) -> None:
     start = time.perf_counter()
     with atomic_path(paths.EXPORT) as out:
         out.mkdir()
-        result = htp_export.export_transformer(model.transformer, example, e.opset,
+        result = export.export_transformer(model.transformer, example, e.opset,
                                                e.weight_dtype)
-        report = htp_export.verify(result, model.transformer, inputs)
+        report = export.verify(result, model.transformer, inputs)
+        run_info = read_json(Path(run_dir) / "quant.json")
+        report["failures"] += trained_semantics(run_info, model.transformer)
         if report["failures"]:
             raise FraqatError(f"export of {run_dir} failed its checks: "
                               + "; ".join(report["failures"]))
-        onnx.save(result.model, out / "model.onnx")
+        sizes = export.size_report(model.transformer, result.weights)
+        files = export.save_model(result.model, out / "model.onnx")
         (out / "model.encodings").write_text(json.dumps(result.encodings, indent=2) + "\n")
-        sizes = htp_export.size_report(model.transformer, result.weights)
-        info = manifest(params, read_json(Path(run_dir) / "quant.json"), result, sizes,
-                        (out / "model.onnx").stat().st_size, inputs)
+        info = manifest(params, run_info, result, sizes, files, inputs)
         write_json(out / "manifest.json", info)
     report.update(run=str(run_dir), num_check_samples=e.num_check_samples, sizes=sizes,
                   onnx_bytes=info["onnx_bytes"], onnxruntime=onnxruntime.__version__,
