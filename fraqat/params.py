@@ -95,13 +95,14 @@ class TrainParams(_Strict):
     probe_samples: int = Field(256, ge=1)
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay the step on CUDA
     autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on the CPU
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicas or shards (FSDP2)
     gradient_checkpointing: bool = False  # real models: recompute activations in backward
 
 
 class TuneParams(_Strict):
     """Per-method learning rate, chosen on the validation split (``lr_grid: []``: train.lr)."""
 
-    lr_grid: list[typing.Annotated[float, Field(gt=0, le=1)]] = [1e-4, 3e-4, 1e-3, 3e-3]
+    lr_grid: list[typing.Annotated[float, Field(gt=0, le=1)]] = [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
     steps: int | None = Field(None, ge=1)  # null: train.steps (the same budget)
     seed: int = Field(0, ge=0)
 

@@ -129,8 +129,11 @@ def run(params: Params) -> None:
                   onnx_bytes=info["onnx_bytes"], onnxruntime=onnxruntime.__version__,
                   seconds=time.perf_counter() - start, passed=True)
     write_json(paths.EXPORT_REPORT, report)
-    log.info("export: %d quantized layers, max abs error %.3g (tol %.3g), %d weight-code "
-             "mismatches, %d -> %d bytes -> %s", info["num_quantized_layers"],
-             report["output"]["max_abs_error"], report["output"]["max_abs_tolerance"],
+    log.info("export: %d quantized layers, max abs error %.3g (tol %.3g), per-tensor gate "
+             "%.2g (tol %g), %d weight-code mismatches, %d -> %d bytes -> %s",
+             info["num_quantized_layers"], report["output"]["max_abs_error"],
+             report["output"]["max_abs_tolerance"],
+             report["per_tensor_semantics"]["rel_l2_error"],
+             report["per_tensor_semantics"]["rel_l2_tolerance"],
              report["weights"]["code_mismatches"], sizes["fp32_bytes"],
              sizes["packed_bytes"], paths.EXPORT)

@@ -356,8 +356,7 @@ def run(params: Params) -> None:
           + ("fixed noised held-out images." if params.model == "tiny-sana" else
              f"{params.model}'s own sampling trajectories from held-out noise draws."),
           "", markdown_table(table), "",
-          "## The fair protocol: each method at its own learning rate",
-          "", fair_verdict, "",
+          "## The fair protocol: each method at its own learning rate", "",
           f"Every method trains at the peak learning rate that gave it the lowest loss on the "
           f"validation split (train-split images that QAT never trains on; the held-out split "
           f"above is never used to choose), `{params.train.lr_schedule}` learning-rate shape, "
@@ -380,7 +379,8 @@ def run(params: Params) -> None:
            f"The held-out distillation loss measured at W{params.bits:g} (`target_loss` in "
            "`reports/train/*.tsv`), mean over seeds. A progressive schedule helps only if its "
            "high-bit stages already lower this number.", "",
-           probe_markdown(probes, params.bits), "", "## The paper's claim", "", claim, ""]
+           probe_markdown(probes, params.bits), "", "## The paper's claim", "", fair_verdict,
+           "", claim, ""]
     if missing:
         md += [f"Missing evaluations (not in the table): {', '.join(missing)}.", ""]
 
