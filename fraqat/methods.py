@@ -46,8 +46,9 @@ from fraqat.schedule import (
     make_schedule,
     steps_at_target,
 )
+from fraqat.sharded_trainer import make_trainer
 from fraqat.stability import stability
-from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
+from fraqat.trainer import DistillData, TrainConfig, calibrate
 
 log = logging.getLogger(__name__)
 SCHEDULE_OF = {"ptq": "constant", "qat": "constant", "qat-warmup": "constant",
@@ -149,7 +150,7 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
         fingerprint=fingerprint({"params": params.model_dump(), "method": method, "seed": seed,
                                  "lr": lr}))
     cfg = dataclasses.replace(cfg, lr=lr, lr_schedule=build_lr(params, method, lr))
-    trainer = Trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe)
+    trainer = make_trainer(student, data, schedule, cfg, checkpoint_dir, log_path, probe=probe)
     result = trainer.fit()
     if method != "ptq":
         result.update(lr=lr, **stability([r["loss"] for r in trainer.rows],

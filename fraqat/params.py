@@ -92,6 +92,7 @@ class TrainParams(_Strict):
     probe_samples: int = Field(256, ge=1)
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay the step on CUDA
     autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on the CPU
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicas or shards (FSDP2)
 
 
 class TuneParams(_Strict):

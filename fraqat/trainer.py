@@ -64,6 +64,7 @@ class TrainConfig:
     fingerprint: str = ""
     cuda_graphs: str = "auto"  # auto | on | off (fraqat.train_step)
     autocast: str = "auto"  # auto (bf16 on CUDA, off on the CPU) | bf16 | off
+    parallel: str = "ddp"  # ddp | fsdp (fraqat.sharded_trainer)
 
     @classmethod
     def from_params(cls, train: TrainParams, *, steps: int, seed: int,
@@ -189,6 +190,15 @@ class Trainer:
         log.info("resumed from %s at step %d", self.checkpoint_dir, state["step"])
         return state["step"]
 
+    def _wrap(self, tr: torch.nn.Module) -> torch.nn.Module:
+        """Same init on every rank; DDP averages gradients."""
+        return DistributedDataParallel(tr) if distributed.world_size() > 1 else tr
+
+    def _save_checkpoint(self, step: int) -> None:
+        if distributed.is_main():
+            save_checkpoint(self.checkpoint_dir, self._state(step))
+        distributed.barrier()
+
     def write_log(self) -> None:
         with atomic_path(self.log_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, LOG_COLUMNS, delimiter="\t", lineterminator="\n")
@@ -197,10 +207,9 @@ class Trainer:
 
     def build_runner(self) -> StepRunner:
         """The forward + backward of one step, eager or CUDA-graphed (see train_step)."""
-        tr = self.student.transformer
         self.runner = StepRunner(lambda idx: self.loss_on(self.data, idx), self.params,
                                  self.device, self.cfg.cuda_graphs, self.autocast_dtype,
-                                 distributed=isinstance(tr, DistributedDataParallel))
+                                 distributed=distributed.world_size() > 1)  # DDP or FSDP
         return self.runner
 
     def train_step(self, step: int) -> tuple[torch.Tensor, float | None, float]:
@@ -240,8 +249,7 @@ class Trainer:
         cfg, tr = self.cfg, self.student.transformer
         start = self._resume()
         tr.train()
-        if distributed.world_size() > 1:  # same init on every rank; DDP averages gradients
-            self.student.transformer = DistributedDataParallel(tr)
+        self.student.transformer = self._wrap(tr)
         self.build_runner()
         t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps,
@@ -257,9 +265,7 @@ class Trainer:
             self.rows.append(row)
             bar.set_postfix(bits=row["bits"], loss=f"{loss.item():.4f}", refresh=False)
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                if distributed.is_main():
-                    save_checkpoint(self.checkpoint_dir, self._state(step + 1))
-                distributed.barrier()
+                self._save_checkpoint(step + 1)
                 self.last_good = step + 1
         if self.runner is not None:
             self.runner.release()
