@@ -37,11 +37,12 @@ def versus(evals: pd.DataFrame, method: str, ref: str, metric: str) -> dict | No
 
 def outcome(deltas: list[float | None]) -> str:
     """wins / ties / loses against the reference (module docstring); '-' if a metric is missing."""
-    if any(d is None for d in deltas):
+    known = [d for d in deltas if d is not None]
+    if len(known) < len(deltas):
         return "-"
-    if all(d <= -WIN_PCT for d in deltas):
+    if all(d <= -WIN_PCT for d in known):
         return "wins"
-    if any(d >= WIN_PCT for d in deltas) and not any(d <= -WIN_PCT for d in deltas):
+    if any(d >= WIN_PCT for d in known) and not any(d <= -WIN_PCT for d in known):
         return "loses"
     return "ties"
 
@@ -121,6 +122,10 @@ def verdict(rows: list[dict], evals: pd.DataFrame, chosen: dict, control_of: str
                         f"({r['outcome'].replace('loses', 'worse').replace('wins', 'better')}"
                         f"{' than' if r['outcome'] != 'ties' else ''}"
                         f"{'' if r['outcome'] == 'ties' else ' it'}).")
+    n = min((x["n"] for r in rows for x in r["results"].values() if x), default=0)
+    text.append(f"Outcomes use the means over {n} seed(s); the 95 % intervals over seeds are "
+                "in the fair-protocol table" + (" and are wide with this few seeds." if n < 5
+                                                 else "."))
     return " ".join(text)
 
 

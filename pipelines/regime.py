@@ -30,7 +30,8 @@ from fraqat.tables import fmt, fmt_delta, markdown_table
 OUT = Path("reports/regime")
 HIGH_LR = {"tune.lr_grid": "[0.003]"}  # one high rate for every method: no tuning
 OUTLIERS = {"outliers.fraction": 0.015, "outliers.factor": 50}
-BASE = {"methods": "[qat,qat-warmup,fraqat-late]", "schedule.control_of": "fraqat-late"}
+BASE = {"methods": "[qat,qat-warmup,fraqat-late]", "schedule.control_of": "fraqat-late",
+        "export.method": "qat"}  # export needs a trained method of the cell
 CELLS: dict[str, dict[str, object]] = {
     "w4-lr3e-3": {"bits": 4, **HIGH_LR},
     "w4-outliers-lr3e-3": {"bits": 4, **OUTLIERS, **HIGH_LR},
@@ -41,9 +42,11 @@ CELLS: dict[str, dict[str, object]] = {
 RUN = re.compile(r"reports/(train|eval)/(.+)-s(\d+)\.json$")
 
 
-def queue(seeds: str, cells: list[str]) -> None:
+def queue(seeds: str, cells: list[str], target: str | None = None) -> None:
+    """Queue ``cells``; ``target`` (e.g. ``train``) stops each at that stage: the held-out
+    loss and stability come from the train metrics, without the sample evaluations."""
     for name in cells:
-        cmd = ["dvc", "exp", "run", "--queue", "-n", name]
+        cmd = ["dvc", "exp", "run", "--queue", "-n", name, *([target] if target else [])]
         for key, value in {**BASE, "seeds": seeds, **CELLS[name]}.items():
             cmd += ["-S", f"{key}={value}"]
         print(" ".join(cmd))
@@ -61,8 +64,6 @@ def runs(show: list[dict]) -> pd.DataFrame:
                 continue
             for rev in exp.get("revs") or []:
                 metrics = (rev.get("data") or {}).get("metrics") or {}
-                if "reports/metrics.json" not in metrics:  # unfinished
-                    continue
                 teacher = (metrics.get("reports/teacher.json") or {}).get("data") or {}
                 for path, m in metrics.items():
                     hit = RUN.match(path)
@@ -77,6 +78,11 @@ def runs(show: list[dict]) -> pd.DataFrame:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out = []
+    df = df.copy()
+    if "eval.heldout_distill_loss" not in df:  # train-only cells: the train stage's probe
+        df["eval.heldout_distill_loss"] = df["train.final_target_loss"]
+    df["eval.heldout_distill_loss"] = df["eval.heldout_distill_loss"].fillna(
+        df["train.final_target_loss"])
     for (cell, method), g in df.groupby(["cell", "method"], sort=False):
         row = {"cell": cell, "method": method, "seeds": len(g),
                "heldout_loss": g["eval.heldout_distill_loss"].mean(),
@@ -130,7 +136,9 @@ def render(table: pd.DataFrame) -> str:
         "DVC experiments of the whole pipeline (`python -m pipelines.regime queue`), one "
         "learning rate for every method (no tuning: the rate is the regime), held-out loss at "
         "the target bits and sample MSE to the teacher; Δ% against `qat` of the same cell, "
-        "paired over seeds. Largest spike = max loss / running median of the previous 20 "
+        "paired over seeds (held-out loss: the evaluation's, or the train stage's own probe of "
+        "the same held-out split for cells stopped at `train`; teacher MSE '-' there). "
+        "Largest spike = max loss / running median of the previous 20 "
         "steps of the same bit-width (1.0× = no spike); diverged = the run ended above the "
         "loss of its first target-bit step. `*-outliers-*`: the teacher's value/output and "
         "GLU channel pairs rescaled (1.5 % of the channels × 50, same FP function; "
@@ -143,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("queue")
     q.add_argument("--seeds", default="[0,1,2]")
     q.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
+    q.add_argument("--target", default=None, help="stop each cell at this stage (e.g. train)")
     sub.add_parser("collect")
     args = ap.parse_args(argv)
     if args.cmd == "queue":
-        queue(args.seeds, args.cells)
+        queue(args.seeds, args.cells, args.target)
         return 0
     show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"],
                                      check=True, capture_output=True, text=True).stdout)

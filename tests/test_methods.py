@@ -62,3 +62,25 @@ def test_validation_split_is_disjoint(n: int, fraction: float) -> None:
     assert set(calib.tolist()).isdisjoint(val.tolist())
     assert sorted(calib.tolist() + val.tolist()) == list(range(n))
     assert len(val) >= 1 and len(calib) >= 1
+
+
+def test_tune_chooses_on_validation_and_train_uses_it(tmp_path, monkeypatch) -> None:
+    from fraqat import paths
+    from fraqat.io import read_json
+    from fraqat.methods import tuned_lr
+    from fraqat.params import load_params
+    from fraqat.stages import tune
+    from tests.tiny import make_tiny_project
+
+    overrides = {"methods": ["qat", "qat-target-steps"], "tune": {"lr_grid": [1e-5, 1e-3]},
+                 "train": {"steps": 12, "batch_size": 8, "probe_every": 6, "probe_samples": 8}}
+    monkeypatch.chdir(make_tiny_project(tmp_path, overrides))
+    params = load_params("params.yaml")
+    tune.run(params)
+    out = read_json(paths.TUNE)
+    assert set(out["chosen"]) == {"qat", "fraqat-late"}  # the control's source is tuned too
+    for method, losses in out["losses"].items():
+        best = min(losses, key=losses.get)
+        assert out["chosen"][method] == float(best)
+    assert tuned_lr(params, "qat-target-steps") == out["chosen"]["fraqat-late"]
+    assert tuned_lr(params, "ptq") == params.train.lr

@@ -33,7 +33,8 @@ def test_fp_output_unchanged_and_outliers_created(model) -> None:
     assert len(chosen) == 6  # 2 blocks x (self-attn, cross-attn, GLU feed-forward)
     with torch.no_grad():
         ref, out = predict(model, x, t, labels), predict(moved, x, t, labels)
-    # fp32 round-off through two blocks: measured max |diff| ~1e-6 on outputs of scale ~1
+    # fp32 round-off: measured 2.4e-7 at output scale 1.3 here (1.4e-6 at 6.3 on the trained
+    # default teacher, 2.3e-7 relative); 1e-4 relative leaves room for other seeds and BLAS
     assert (out - ref).abs().max().item() < 1e-4 * ref.abs().max().item()
     after = summarize(weight_stats(moved.transformer))
     assert before["max_absmax_over_std"] < 8 and after["max_absmax_over_std"] > 15

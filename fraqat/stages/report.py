@@ -353,8 +353,7 @@ def run(params: Params) -> None:
           "PSNR/MSE against the fp samples from the same prompts and noise; held-out "
           "distillation loss = velocity MSE to the teacher on fixed noised held-out images.",
           "", markdown_table(table), "",
-          "## The fair protocol: each method at its own learning rate",
-          "", fair_verdict, "",
+          "## The fair protocol: each method at its own learning rate", "",
           f"Every method trains at the peak learning rate that gave it the lowest loss on the "
           f"validation split (train-split images that QAT never trains on; the held-out split "
           f"above is never used to choose), `{params.train.lr_schedule}` learning-rate shape, "
@@ -377,7 +376,8 @@ def run(params: Params) -> None:
            f"The held-out distillation loss measured at W{params.bits:g} (`target_loss` in "
            "`reports/train/*.tsv`), mean over seeds. A progressive schedule helps only if its "
            "high-bit stages already lower this number.", "",
-           probe_markdown(probes, params.bits), "", "## The paper's claim", "", claim, ""]
+           probe_markdown(probes, params.bits), "", "## The paper's claim", "", fair_verdict,
+           "", claim, ""]
     if missing:
         md += [f"Missing evaluations (not in the table): {', '.join(missing)}.", ""]
 
