@@ -92,27 +92,34 @@ def run_probed(result: ExportResult, inputs: dict[str, torch.Tensor],
     return out, {n: by_tensor[low.dequantized[low.act_tensors[n]]] for n in layers}
 
 
+def _hooked_forward(transformer: nn.Module, inputs: dict[str, torch.Tensor], layers: Any,
+                    on_output: Any) -> np.ndarray:
+    """The forward with ``on_output(layer, quantizer, args, out)`` on each named layer's input
+    quantizer output (a returned tensor replaces it); the hooks are gone afterwards."""
+    calling: list[str] = []
+    modules: dict[str, Any] = dict(quant_layers(transformer))
+    quantizers = {id(modules[n].input_quantizer): modules[n].input_quantizer for n in layers}
+    hooks = [modules[n].register_forward_pre_hook(
+        lambda mod, args, n=n: calling.append(n)) for n in layers]
+    hooks += [q.register_forward_hook(
+        lambda mod, args, out: on_output(calling[-1], mod, args, out) if calling else None)
+        for q in quantizers.values()]
+    try:
+        return torch_forward(transformer, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def torch_probed(transformer: nn.Module, inputs: dict[str, torch.Tensor],
                  layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """PyTorch output plus each layer's fake-quantized input, from forward hooks."""
     seen: dict[str, np.ndarray] = {}
-    calling: list[str] = []
-    modules: dict[str, Any] = dict(quant_layers(transformer))
-    quantizers = {id(modules[n].input_quantizer): modules[n].input_quantizer for n in layers}
 
-    def record(mod, args, out):
-        if calling:
-            seen.setdefault(calling[-1], out.float().cpu().numpy())
-    hooks = [modules[n].register_forward_pre_hook(
-        lambda mod, args, n=n: calling.append(n)) for n in layers]
-    hooks += [q.register_forward_hook(record) for q in quantizers.values()]
-    try:
-        out = torch_forward(transformer, inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out, seen
+    def record(name, mod, args, out):
+        seen.setdefault(name, out.float().cpu().numpy())
+    return _hooked_forward(transformer, inputs, layers, record), seen
 
 
 @torch.no_grad()
@@ -126,26 +133,14 @@ def torch_forced(transformer: nn.Module, inputs: dict[str, torch.Tensor],
     output and each layer's own fake-quantized input (before it is replaced).
     """
     seen: dict[str, np.ndarray] = {}
-    calling: list[str] = []
-    modules: dict[str, Any] = dict(quant_layers(transformer))
 
-    def force(mod, args, out):
-        name = calling[-1]
+    def force(name, mod, args, out):
         seen.setdefault(name, out.float().cpu().numpy())
         value = torch.from_numpy(forced[name]).to(out.dtype).reshape(out.shape)
         if getattr(mod, "write_back", False):
             args[0].copy_(value)  # every later reader of the tensor reads the graph's value
         return value
-    quantizers = {id(modules[n].input_quantizer): modules[n].input_quantizer for n in forced}
-    hooks = [modules[n].register_forward_pre_hook(
-        lambda mod, args, n=n: calling.append(n)) for n in forced]
-    hooks += [q.register_forward_hook(force) for q in quantizers.values()]
-    try:
-        out = torch_forward(transformer, inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out, seen
+    return _hooked_forward(transformer, inputs, forced, force), seen
 
 
 def code_flips(got: dict[str, np.ndarray], want: dict[str, np.ndarray],
