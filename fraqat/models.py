@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
-def transformer_class(name: str) -> type[nn.Module]:
+def transformer_class(name: str) -> Any:
+    """The registry entry's diffusers class (a ``ModelMixin``: ``from_pretrained``, ``config``)."""
     import diffusers
 
     if name not in REGISTRY:
@@ -63,7 +65,7 @@ def load_transformer(name: str, model_path: str | None = None,
     if where is None:
         raise FraqatError(f"model {name!r} has no hub id: set model_path in params.yaml")
     local = Path(where)
-    subfolder = "transformer"
+    subfolder: str | None = "transformer"
     if local.is_dir() and (local / "config.json").exists():
         subfolder = None
     try:
@@ -98,8 +100,9 @@ def tiny_sana_config(width: int = 64, layers: int = 2, heads: int = 2,
 def dummy_inputs(transformer: nn.Module, batch: int = 2, seq: int = 4,
                  generator: torch.Generator | None = None) -> dict:
     """Random forward kwargs for any registry transformer class (for tests and benchmarks)."""
-    cfg, name = transformer.config, type(transformer).__name__
-    g = dict(generator=generator)
+    cfg: Any = transformer.config
+    name = type(transformer).__name__
+    g: dict[str, Any] = dict(generator=generator)
     if name == "FluxTransformer2DModel":
         tokens = 16
         return dict(hidden_states=torch.randn(batch, tokens, cfg.in_channels, **g),
@@ -115,8 +118,9 @@ def dummy_inputs(transformer: nn.Module, batch: int = 2, seq: int = 4,
         return dict(hidden_states=x, timestep=t,
                     encoder_hidden_states=torch.randn(batch, seq, cfg.joint_attention_dim, **g),
                     pooled_projections=torch.randn(batch, cfg.pooled_projection_dim, **g))
-    kwargs = dict(hidden_states=x, timestep=t,
-                  encoder_hidden_states=torch.randn(batch, seq, cfg.caption_channels, **g))
+    kwargs: dict[str, Any] = dict(
+        hidden_states=x, timestep=t,
+        encoder_hidden_states=torch.randn(batch, seq, cfg.caption_channels, **g))
     if name == "PixArtTransformer2DModel":
         kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
     return kwargs
@@ -131,7 +135,7 @@ class TextToImage:
     encoded calibration prompts in the family's ``cond_keys`` order, instead.
     """
 
-    transformer: nn.Module
+    transformer: Any  # a diffusers ModelMixin (config, save_pretrained), maybe quantized
     encoder: PromptEncoder | None
     sample_shape: tuple[int, int, int]
     prompt_table: tuple[torch.Tensor, ...] | None = None
