@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fraqat.errors import FraqatError
 
@@ -48,11 +49,20 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 
+def unwrap(transformer: nn.Module) -> nn.Module:
+    """The diffusers model inside a DDP wrapper (FSDP2 keeps the model, as a subclass)."""
+    return transformer.module if isinstance(transformer, DistributedDataParallel) else transformer
+
+
 def family_of_transformer(transformer: nn.Module) -> Family:
+    """The family of a transformer, also when wrapped (DDP, or FSDP2's ``fully_shard``, which
+    swaps the class for a subclass: the family is found along the MRO)."""
+    transformer = unwrap(transformer)
+    for cls in type(transformer).__mro__:
+        for family in FAMILIES.values():
+            if family.transformer_cls == cls.__name__:
+                return family
     name = type(transformer).__name__
-    for family in FAMILIES.values():
-        if family.transformer_cls == name:
-            return family
     raise FraqatError(f"transformer class {name} is not a known family (allowed: "
                       f"{', '.join(f.transformer_cls for f in FAMILIES.values())})")
 
@@ -68,7 +78,7 @@ def family_of_class(cls_name: str) -> Family:
 
 def config(transformer: nn.Module) -> Any:
     """A diffusers model's frozen config (typed loosely: its keys differ per class)."""
-    return cast(Any, transformer).config
+    return cast(Any, unwrap(transformer)).config
 
 
 # --- latents ---------------------------------------------------------------------------------
