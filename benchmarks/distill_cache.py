@@ -1,6 +1,6 @@
 """Speed-up of distilling against cached teacher velocities vs running the FP teacher each step.
 
-    python benchmarks/distill_cache.py --steps 20 --batch-size 64 --threads 2 --json out.json
+    python -m benchmarks.distill_cache --steps 20 --batch-size 64 --threads 2 --json out.json
 
 The ``teacher`` stage runs the FP teacher once over the calibration set and QAT reads the
 cached velocities; the alternative runs a teacher forward (``torch.no_grad``) inside every
@@ -27,18 +27,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import positive
 from fraqat.data import PROMPTS
 from fraqat.models import TextToImage, build_tiny_sana, predict_all
 from fraqat.modules import QuantConfig
 from fraqat.runs import quantized_copy
 from fraqat.trainer import DistillData, batch_indices, calibrate
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (allowed: an integer >= 1)")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

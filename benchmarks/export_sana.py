@@ -1,6 +1,6 @@
 """Export the Sana-600M transformer config as W4A8 ONNX QDQ + AIMET encodings, verify it, time it.
 
-    nice -n 10 python benchmarks/export_sana.py --json benchmarks/results/export-sana-600m-cpu.json
+    nice -n 10 python -m benchmarks.export_sana --json benchmarks/results/export-sana-600m-cpu.json
 
 The paper deploys Sana on a Snapdragon 8 Elite; its FP32 weights (2.4 GB) are past protobuf's
 2 GB limit. This builds the Sana-600M config with random weights (seeded; no download),
@@ -33,24 +33,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from benchmarks.configs import SANA_600M
+from benchmarks.timing import positive
 from fraqat import export as hx
 from fraqat.export.files import feed, session
 from fraqat.modules import QuantConfig, calibrate_activations, quantize_model
 from fraqat.tensor_quantizers import share_tensor_quantizers
 
-SANA_600M = dict(attention_head_dim=32, num_attention_heads=36, num_layers=28,
-                 cross_attention_dim=1152, cross_attention_head_dim=72,
-                 num_cross_attention_heads=16, caption_channels=2304, in_channels=32,
-                 out_channels=32, patch_size=1, sample_size=32, mlp_ratio=2.5,
-                 norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=False)
 GIB = 2**30
 
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (allowed: an integer >= 1)")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from benchmarks.configs import SANA_600M
 from benchmarks.timing import meta, write_json
 from fraqat import distributed, sharding
 from fraqat.activations import ActQuantizer
@@ -53,11 +54,6 @@ from fraqat.text_encoder import PromptEncoder
 from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
 
 GIB = 2**30
-SANA_600M = dict(attention_head_dim=32, num_attention_heads=36, num_layers=28,
-                 cross_attention_dim=1152, cross_attention_head_dim=72,
-                 num_cross_attention_heads=16, caption_channels=2304, in_channels=32,
-                 out_channels=32, patch_size=1, sample_size=32, mlp_ratio=2.5,
-                 norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=False)
 SANA_1600M = dict(SANA_600M, num_attention_heads=70, num_layers=20, cross_attention_dim=2240,
                   cross_attention_head_dim=112, num_cross_attention_heads=20)
 SANA_TINY = dict(SANA_600M, attention_head_dim=8, num_attention_heads=4, num_layers=2,

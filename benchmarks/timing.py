@@ -7,6 +7,7 @@ run of the old benchmark moved by 10+ points, so a single median is not a result
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import statistics
@@ -94,3 +95,11 @@ def write_json(path: Path | None, data: dict) -> None:
 def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
     return f"{type(err).__name__}: {text}"
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1, else one line naming the value and what is allowed."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (allowed: an integer >= 1)")
+    return value

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.configs import SANA_600M
 from benchmarks.timing import first_line, meta, spread, sync, wall_ms, write_json
 from fraqat.data import PROMPTS
 from fraqat.models import TextToImage
@@ -34,11 +35,6 @@ from fraqat.schedule import ConstantSchedule
 from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
 
 GIB = 2**30
-SANA_600M = dict(attention_head_dim=32, num_attention_heads=36, num_layers=28,
-                 cross_attention_dim=1152, cross_attention_head_dim=72,
-                 num_cross_attention_heads=16, caption_channels=2304, in_channels=32,
-                 out_channels=32, patch_size=1, sample_size=32, mlp_ratio=2.5,
-                 norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=False)
 SANA_TINY = dict(SANA_600M, attention_head_dim=8, num_attention_heads=4, num_layers=2,
                  cross_attention_dim=32, cross_attention_head_dim=8,
                  num_cross_attention_heads=4, caption_channels=64, sample_size=8)

@@ -28,6 +28,10 @@ def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
                         datefmt="%H:%M:%S")
     try:
         params = load_params(params_path)
+        if params.model != "tiny-sana":  # a real model's folder and prompts, before any work
+            from fraqat.pipeline_folder import check_inputs
+
+            check_inputs(params)
         module = importlib.import_module(f"fraqat.stages.{stage}")
         start = time.perf_counter()
         module.run(params, **kwargs)

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -110,6 +111,15 @@ def distill_data() -> DistillData:
                        target_v=velocity(calib["x0"], calib["noise"]))
 
 
+def pipeline_distill_sets(calib: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+                          ) -> tuple[DistillData, DistillData]:
+    """(training, probe) sets of a real pipeline's cache (its probe points: other noise)."""
+    train = DistillData(calib["x_t"], calib["t"], calib["labels"], outputs["v"].float())
+    probe = DistillData(calib["probe_x_t"], calib["probe_t"], calib["probe_labels"],
+                        outputs["probe_v"].float())
+    return train, probe
+
+
 def probe_data(teacher: TextToImage, n: int, seed: int = 4321) -> DistillData:
     """Held-out images, fixed noise and times, with the FP teacher's velocities."""
     held = load_split("heldout")
@@ -134,14 +144,22 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
     device = distributed.resolve_device(params.device)
     teacher = load_teacher(paths.TEACHER)
     t = params.train
+    if params.model == "tiny-sana":
+        cached_probe, data = None, distill_data()
+    else:  # a real pipeline: both from the cache; its text encoders and VAE never load
+        data, cached_probe = pipeline_distill_sets(load_calibration(),
+                                                   load_tensors(paths.TEACHER_OUTPUTS))
     if probe is None:
-        probe = probe_data(teacher, t.probe_samples)
+        probe = cached_probe if cached_probe is not None else probe_data(teacher,
+                                                                          t.probe_samples)
     probe = probe.to(device)  # before the shared encoder moves
     lr = tuned_lr(params, method) if lr is None else lr
-    data = distill_data().to(device)
+    data = data.to(device)
     schedule = build_schedule(params, method)
     student = quantized_copy(teacher, QuantConfig.from_params(params)).to(device)
     set_weight_bits(student.transformer, schedule.bits_at(0))
+    if t.gradient_checkpointing:
+        cast(Any, student.transformer).enable_gradient_checkpointing()
     n_calib = calibrate(student, data)
     log.info("%s seed %d: %d quantized layers, activations calibrated on %d batches",
              method, seed, len(layer_report(student.transformer)), n_calib)

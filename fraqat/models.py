@@ -15,12 +15,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
+from fraqat.families import Family, family_of_transformer, predict
 from fraqat.text_encoder import PromptEncoder
 
 
@@ -42,7 +44,8 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
-def transformer_class(name: str) -> type[nn.Module]:
+def transformer_class(name: str) -> Any:
+    """The registry entry's diffusers class (a ``ModelMixin``: ``from_pretrained``, ``config``)."""
     import diffusers
 
     if name not in REGISTRY:
@@ -62,7 +65,7 @@ def load_transformer(name: str, model_path: str | None = None,
     if where is None:
         raise FraqatError(f"model {name!r} has no hub id: set model_path in params.yaml")
     local = Path(where)
-    subfolder = "transformer"
+    subfolder: str | None = "transformer"
     if local.is_dir() and (local / "config.json").exists():
         subfolder = None
     try:
@@ -97,8 +100,9 @@ def tiny_sana_config(width: int = 64, layers: int = 2, heads: int = 2,
 def dummy_inputs(transformer: nn.Module, batch: int = 2, seq: int = 4,
                  generator: torch.Generator | None = None) -> dict:
     """Random forward kwargs for any registry transformer class (for tests and benchmarks)."""
-    cfg, name = transformer.config, type(transformer).__name__
-    g = dict(generator=generator)
+    cfg: Any = transformer.config
+    name = type(transformer).__name__
+    g: dict[str, Any] = dict(generator=generator)
     if name == "FluxTransformer2DModel":
         tokens = 16
         return dict(hidden_states=torch.randn(batch, tokens, cfg.in_channels, **g),
@@ -114,8 +118,9 @@ def dummy_inputs(transformer: nn.Module, batch: int = 2, seq: int = 4,
         return dict(hidden_states=x, timestep=t,
                     encoder_hidden_states=torch.randn(batch, seq, cfg.joint_attention_dim, **g),
                     pooled_projections=torch.randn(batch, cfg.pooled_projection_dim, **g))
-    kwargs = dict(hidden_states=x, timestep=t,
-                  encoder_hidden_states=torch.randn(batch, seq, cfg.caption_channels, **g))
+    kwargs: dict[str, Any] = dict(
+        hidden_states=x, timestep=t,
+        encoder_hidden_states=torch.randn(batch, seq, cfg.caption_channels, **g))
     if name == "PixArtTransformer2DModel":
         kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
     return kwargs
@@ -123,31 +128,45 @@ def dummy_inputs(transformer: nn.Module, batch: int = 2, seq: int = 4,
 
 @dataclass
 class TextToImage:
-    """A transformer + prompt encoder predicting flow-matching velocities."""
+    """A transformer + its prompt conditioning, predicting in the family's convention.
 
-    transformer: nn.Module
-    encoder: PromptEncoder
+    ``encoder`` encodes prompts (the embedded default's learned encoder); a real pipeline's
+    text encoders run once in ``calibrate``, so its model carries ``prompt_table``, the
+    encoded calibration prompts in the family's ``cond_keys`` order, instead.
+    """
+
+    transformer: Any  # a diffusers ModelMixin (config, save_pretrained), maybe quantized
+    encoder: PromptEncoder | None
     sample_shape: tuple[int, int, int]
+    prompt_table: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def family(self) -> Family:
+        return family_of_transformer(self.transformer)
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder is None:
+            raise FraqatError("this model has no prompt encoder: its prompts are encoded by "
+                              "the pipeline in `calibrate` (use prompt_table)")
         return self.encoder.encode(prompts)
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        """Velocity at noisy sample ``x`` and time ``t`` (B,) in [0, 1]."""
-        kwargs = dict(hidden_states=x, encoder_hidden_states=hidden, timestep=t * 1000.0,
-                      encoder_attention_mask=mask)
-        if type(self.transformer).__name__ == "PixArtTransformer2DModel":
-            kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
-        return self.transformer(**kwargs).sample
+    def prompt_conditioning(self, prompts: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        """Per-prompt conditioning rows that training indexes by prompt label."""
+        return self.prompt_table if self.prompt_table is not None else self.encode(prompts)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        """Velocity (or noise, for PixArt) at noisy latents ``x`` and time ``t`` (B,) in [0, 1]."""
+        return predict(self.family, self.transformer, x, t, cond)
 
     def parameters(self):
         yield from self.transformer.parameters()
-        yield from self.encoder.parameters()
+        if self.encoder is not None:
+            yield from self.encoder.parameters()
 
     def train(self, mode: bool = True) -> TextToImage:
         self.transformer.train(mode)
-        self.encoder.train(mode)
+        if self.encoder is not None:
+            self.encoder.train(mode)
         return self
 
     def eval(self) -> TextToImage:
@@ -155,13 +174,17 @@ class TextToImage:
 
     def to(self, device: torch.device | str) -> TextToImage:
         self.transformer.to(device)
-        self.encoder.to(device)
+        if self.encoder is not None:
+            self.encoder.to(device)
+        if self.prompt_table is not None:
+            self.prompt_table = tuple(c.to(device) for c in self.prompt_table)
         return self
 
     def save_pretrained(self, folder: str | Path, meta: dict | None = None) -> None:
         folder = Path(folder)
         self.transformer.save_pretrained(folder / "transformer")
-        self.encoder.save_pretrained(folder / "prompt_encoder")
+        if self.encoder is not None:
+            self.encoder.save_pretrained(folder / "prompt_encoder")
         info = {"sample_shape": list(self.sample_shape), **(meta or {})}
         (folder / "fraqat.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
@@ -176,26 +199,66 @@ def build_tiny_sana(width: int, layers: int, heads: int, prompts: Sequence[str],
 
 
 def load_teacher(folder: str | Path) -> TextToImage:
-    """Load the FP teacher written by ``fraqat pretrain`` (``data/teacher``)."""
+    """Load the FP teacher written by ``fraqat pretrain`` (``data/teacher``).
+
+    For a real model that folder only points at the pipeline (``model_path``): its transformer
+    loads from there and its prompt conditioning from the calibration set, where ``calibrate``
+    encoded the prompts once with the pipeline's text encoders.
+    """
     from diffusers import SanaTransformer2DModel
 
     folder = Path(folder)
     if not (folder / "fraqat.json").exists():
         raise FraqatError(f"no teacher at {folder} (run `dvc repro pretrain` first)")
     info = json.loads((folder / "fraqat.json").read_text())
+    if "model_path" in info:
+        return load_pipeline_teacher(info["model"], info["model_path"])
     transformer = SanaTransformer2DModel.from_pretrained(folder / "transformer")
     encoder = PromptEncoder.from_pretrained(folder / "prompt_encoder")
     model = TextToImage(transformer, encoder, tuple(info["sample_shape"]))
     return model.eval()
 
 
+def write_pipeline_pointer(folder: str | Path, model: str, model_path: str) -> None:
+    """``data/teacher`` of a real model: which pipeline folder holds the FP teacher (the
+    folder itself was checked by :func:`fraqat.pipeline_folder.check_inputs`)."""
+    from fraqat.io import atomic_path, write_json
+
+    with atomic_path(folder) as out:
+        out.mkdir()
+        write_json(out / "fraqat.json", {"model": model,
+                                         "model_path": str(Path(model_path).resolve())})
+
+
+def load_pipeline_teacher(model: str, model_path: str,
+                          calibration: str | Path | None = None) -> TextToImage:
+    """A real pipeline's FP transformer with the encoded calibration prompts (no encoders)."""
+    from safetensors import safe_open
+
+    from fraqat import paths
+
+    calibration = Path(calibration or paths.CALIBRATION)
+    if not calibration.exists():
+        raise FraqatError(f"no calibration set at {calibration} (run `dvc repro calibrate` "
+                          "first: it encodes the prompts)")
+    transformer = load_transformer(model, model_path)
+    keys = family_of_transformer(transformer).cond_keys
+    with safe_open(str(calibration), "pt") as f:
+        table = tuple(f.get_tensor(f"cond.{k}") for k in keys)
+        shape = tuple(f.get_slice("x_t").get_shape()[1:])
+    return TextToImage(transformer, None, shape, prompt_table=table).eval()
+
+
 @torch.no_grad()
 def predict_all(model: TextToImage, calib: dict[str, torch.Tensor],
                 batch_size: int = 512) -> torch.Tensor:
-    """The model's velocity on every calibration point (x_t, t, prompt label), batched."""
+    """The model's velocity on every calibration point (x_t, t, prompt label), batched; a real
+    pipeline's labels index its prompt table."""
     out = []
     for i in range(0, len(calib["t"]), batch_size):
         sl = slice(i, i + batch_size)
-        hidden, mask = model.encode([prompt_for(y) for y in calib["labels"][sl]])
-        out.append(model.predict(calib["x_t"][sl], calib["t"][sl], hidden, mask))
+        labels = calib["labels"][sl]
+        cond = tuple(c[labels] for c in model.prompt_table) if model.prompt_table is not None \
+            else model.encode([prompt_for(y) for y in labels])
+        out.append(model.predict(calib["x_t"][sl], calib["t"][sl], *cond))
     return torch.cat(out)

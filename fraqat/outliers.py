@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 
-def _pairs(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module, int]]:
+def _pairs(model: nn.Module) -> list[tuple[str, nn.Linear, nn.Linear, int]]:
     """(name, producer, consumer, number of channels that may be rescaled)."""
     out = []
     for name, mod in model.named_modules():

@@ -53,6 +53,9 @@ class OutlierParams(_Strict):
 
 
 class CalibrationParams(_Strict):
+    """``num_samples`` (x_t, t) points; for a real pipeline, taken along its own sampling
+    trajectories (``eval.steps`` points per prompt and noise draw)."""
+
     num_samples: int = Field(2048, ge=1)
     validation_fraction: float = Field(0.1, gt=0, lt=1)  # of the train split, for tuning only
     validation_samples: int = Field(256, ge=1)
@@ -93,6 +96,7 @@ class TrainParams(_Strict):
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay the step on CUDA
     autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on the CPU
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicas or shards (FSDP2)
+    gradient_checkpointing: bool = False  # real models: recompute activations in backward
 
 
 class TuneParams(_Strict):
@@ -111,6 +115,9 @@ class EvalParams(_Strict):
     feature_space: Literal["classifier", "inception"] = "classifier"
     inception_path: str | None = None
     classifier_steps: int = Field(1500, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)  # real pipelines: null = its default
+    reference_path: str | None = None  # folder of real images for FID (null: the FP images)
+    clip_path: str | None = None       # local CLIP model folder for the CLIP score
 
 
 class ExportParams(_Strict):
@@ -126,6 +133,8 @@ class Params(_Strict):
     model: Literal[MODELS] = "tiny-sana"  # type: ignore[valid-type]
     model_path: str | None = None
     allow_download: bool = False
+    prompts_path: str | None = None  # real models: one prompt per line (null: packaged list)
+    resolution: int = Field(1024, ge=16, le=4096, multiple_of=16)  # real models: pixels
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     methods: list[Literal[TRAINED_METHODS]] = [  # type: ignore[valid-type]
         "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "qat-target-steps"]

@@ -65,18 +65,24 @@ def plot_mosaic(rows: list[tuple[str, torch.Tensor]], path: Path, columns: int,
     """One row of 8x8 images per (name, images); drawn as a single image (a 100-axes figure
     takes seconds to lay out)."""
     n = min([columns, *[len(x) for _, x in rows]])
-    cell = 8 + pad
-    mosaic = np.full((len(rows) * cell + pad, n * cell + pad), np.nan)
+    side, rgb = rows[0][1].shape[-1], rows[0][1].shape[1] == 3  # a real pipeline's RGB images
+    cell = side + pad
+    mosaic = np.full((len(rows) * cell + pad, n * cell + pad, 3 if rgb else 1), np.nan)
     for r, (_, images) in enumerate(rows):
         for c in range(n):
             y, x = pad + r * cell, pad + c * cell
-            mosaic[y : y + 8, x : x + 8] = images[c, 0].clamp(-1, 1).numpy()
+            mosaic[y : y + side, x : x + side] = \
+                images[c].float().clamp(-1, 1).permute(1, 2, 0).numpy()[..., : mosaic.shape[2]]
     fig, ax = plt.subplots(figsize=(n * 0.45 + 1, len(rows) * 0.45 + 0.5))
-    cmap = plt.get_cmap("gray_r").with_extremes(bad="#9fb4d9")
-    ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_yticks([pad + r * cell + 3.5 for r in range(len(rows))], [name for name, _ in rows],
+    if rgb:
+        ax.imshow(np.nan_to_num((mosaic + 1) / 2, nan=0.75), interpolation="nearest")
+    else:
+        cmap = plt.get_cmap("gray_r").with_extremes(bad="#9fb4d9")
+        ax.imshow(mosaic[..., 0], cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    mid = (side - 1) / 2
+    ax.set_yticks([pad + r * cell + mid for r in range(len(rows))], [name for name, _ in rows],
                   fontsize=7)
-    ax.set_xticks([pad + c * cell + 3.5 for c in range(n)], [str(c % 10) for c in range(n)],
+    ax.set_xticks([pad + c * cell + mid for c in range(n)], [str(c % 10) for c in range(n)],
                   fontsize=7)
     ax.tick_params(length=0)
     ax.set_title("samples: the same prompts (digit below) and noise for every method", fontsize=8)

@@ -1,14 +1,17 @@
 """A trained quantized model on disk: ``data/runs/<method>-s<seed>/``.
 
 ``model.safetensors`` holds the transformer's state dict (weights + activation quantizer
-state), ``quant.json`` the :class:`~fraqat.modules.QuantConfig` and the deployed weight bits.
-The prompt encoder is the teacher's (it is not quantized), so a run loads on top of the teacher.
+state), ``quant.json`` the :class:`~fraqat.modules.QuantConfig` and the deployed weight bits,
+``config.json`` the diffusers config of the transformer. The prompt encoder is the teacher's
+(it is not quantized), so a run loads on top of the teacher; the transformer alone loads in
+one call, :func:`load_quantized_transformer`, and swaps into its diffusers pipeline.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,7 +32,7 @@ def quantized_copy(teacher: TextToImage, config: QuantConfig) -> TextToImage:
     transformer = quantize_model(copy.deepcopy(teacher.transformer), config)
     share_tensor_quantizers(transformer, dummy_inputs(transformer, batch=1,
                                                       generator=torch.Generator()))
-    return TextToImage(transformer, teacher.encoder, teacher.sample_shape)
+    return TextToImage(transformer, teacher.encoder, teacher.sample_shape, teacher.prompt_table)
 
 
 def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: dict) -> None:
@@ -41,6 +44,7 @@ def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: 
         save_file(state, str(out / "model.safetensors"))
         write_json(out / "quant.json", {"config": config.to_dict(),
                                         "tensor_quantizers": plan_of(model.transformer), **meta})
+        cast(Any, model.transformer).save_config(out)  # config.json: the architecture
 
 
 def load_run(folder: str | Path, teacher_dir: str | Path) -> TextToImage:
@@ -54,3 +58,34 @@ def load_run(folder: str | Path, teacher_dir: str | Path) -> TextToImage:
     model.transformer.load_state_dict(load_file(str(folder / "model.safetensors")))
     set_weight_bits(model.transformer, config.weight_bits)
     return model.eval()
+
+
+def load_quantized_transformer(folder: str | Path) -> torch.nn.Module:
+    """The trained quantized transformer of a run folder, at its deployed bits, in one call.
+
+    Built from the folder alone (``config.json`` -> diffusers class -> quantized layers ->
+    trained state), so it drops into the family's pipeline::
+
+        pipe = SanaPipeline.from_pretrained(model_path, transformer=load_quantized_transformer(
+            "data/runs/fraqat-s0"))
+    """
+    import diffusers
+
+    folder = Path(folder)
+    for name in ("config.json", "quant.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise FraqatError(f"no {name} in {folder} (allowed: a run folder written by "
+                              "`fraqat train`, data/runs/<method>-s<seed>)")
+    arch = read_json(folder / "config.json")
+    cls = getattr(diffusers, arch["_class_name"])
+    info = read_json(folder / "quant.json")
+    config = QuantConfig(**info["config"])
+    transformer = quantize_model(cls.from_config(arch), config)
+    share_tensor_quantizers(transformer, dummy_inputs(transformer, batch=1,
+                                                      generator=torch.Generator()))
+    if info.get("tensor_quantizers") != plan_of(transformer):
+        raise FraqatError(f"the run at {folder} was trained with other activation quantizers "
+                          "than this fraqat builds (allowed: a run trained by this version)")
+    transformer.load_state_dict(load_file(str(folder / "model.safetensors")))
+    set_weight_bits(transformer, config.weight_bits)
+    return transformer.eval()

@@ -32,8 +32,8 @@ touching the layer classes:
 A float read *before* the tensor's first quantized reader cannot be matched this way (the
 device quantizes at the producer), nor may a model input be overwritten (it is the caller's
 tensor); such tensors are logged, reported by :attr:`TensorPlan.early` and left to the
-export's gate (``reports/export.json`` → ``per_tensor_semantics``). In
-diffusers' Sana, PixArt and the tiny Sana of the tests there are none.
+export's gate (``reports/export.json`` → ``per_tensor_semantics``). In diffusers' Sana
+(the tiny configs of the tests, the Sana-600M config) there are none.
 
 The plan depends on the architecture only, so :func:`fraqat.runs.quantized_copy` applies it
 to every quantized model (training, evaluation, export) from a random probe batch, and
@@ -48,6 +48,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,7 +123,7 @@ def find_plan(model: nn.Module, inputs: dict) -> TensorPlan:
     """Run ``model(**inputs)`` once and derive the :class:`TensorPlan`."""
     probe = _Probe()
     given = [t for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)]
-    layers = dict(quant_layers(model))
+    layers: dict[str, Any] = dict(quant_layers(model))  # QuantLinear / QuantConv2d
     handles = []
     for name, layer in layers.items():
         def enter(mod, args, name=name):
@@ -177,7 +178,7 @@ def _write_back_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
 
 def apply_plan(model: nn.Module, plan: TensorPlan) -> nn.Module:
     """Tie the quantizers of each group and hook the write-backs (idempotent); returns ``model``."""
-    layers = dict(quant_layers(model))
+    layers: dict[str, Any] = dict(quant_layers(model))
     for names in plan.groups:
         first = layers[names[0]].input_quantizer
         for name in names[1:]:
@@ -216,8 +217,8 @@ def plan_of(model: nn.Module) -> dict:
 @contextmanager
 def layer_input_semantics(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily quantize only the layers' views (write-backs off): the old semantics."""
-    hooked = [q for _, layer in quant_layers(model)
-              if getattr(q := layer.input_quantizer, "write_back", False)]
+    hooked: list[Any] = [q for _, layer in quant_layers(model)
+                         if getattr(q := layer.input_quantizer, "write_back", False)]
     for q in hooked:
         q.write_back = False
     try:

@@ -128,7 +128,8 @@ class Trainer:
                  checkpoint_dir: Path, log_path: Path, probe: DistillData | None = None):
         self.student, self.data, self.schedule, self.cfg = student, data, schedule, cfg
         self.checkpoint_dir, self.log_path, self.probe = checkpoint_dir, log_path, probe
-        self.encoder = student.encoder.requires_grad_(False)
+        if student.encoder is not None:
+            student.encoder.requires_grad_(False)
         self.params = [p for p in student.transformer.parameters() if p.requires_grad]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0,
@@ -140,19 +141,18 @@ class Trainer:
         self.last_good = 0
         self.rows: list[dict] = []
         with torch.no_grad():  # the encoder is frozen: encode the prompt set once
-            self._prompt_hidden, self._prompt_mask = self.encoder.encode(list(PROMPTS))
+            self._cond = student.prompt_conditioning(list(PROMPTS))
 
     def loss_on(self, data: DistillData, idx: torch.Tensor) -> torch.Tensor:
-        hidden, mask = self.cond_batch(data.labels[idx])
-        pred = self.student.predict(data.x_t[idx], data.t[idx], hidden, mask)
+        pred = self.student.predict(data.x_t[idx], data.t[idx], *self.cond_batch(data.labels[idx]))
         loss = torch.nn.functional.mse_loss(pred, data.teacher_v[idx])
         if self.cfg.flow_matching_weight and data.target_v is not None:
             fm = torch.nn.functional.mse_loss(pred, data.target_v[idx])
             loss = loss + self.cfg.flow_matching_weight * fm
         return loss
 
-    def cond_batch(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._prompt_hidden[labels], self._prompt_mask[labels]
+    def cond_batch(self, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(c[labels] for c in self._cond)
 
     @torch.no_grad()
     def probe_loss(self) -> float:
@@ -299,11 +299,11 @@ def calibrate(student: TextToImage, data: DistillData, batch_size: int = 256,
               num_batches: int = 4) -> int:
     """Observe activation ranges on the first calibration batches, then freeze them."""
     with torch.no_grad():
-        hidden_all, mask_all = student.encoder.encode(list(PROMPTS))
+        cond_all = student.prompt_conditioning(list(PROMPTS))
 
     def forward(model, sl):
         labels = data.labels[sl]
-        student.predict(data.x_t[sl], data.t[sl], hidden_all[labels], mask_all[labels])
+        student.predict(data.x_t[sl], data.t[sl], *(c[labels] for c in cond_all))
 
     slices = [slice(i * batch_size, (i + 1) * batch_size) for i in range(num_batches)
               if i * batch_size < len(data)]

@@ -7,6 +7,7 @@ Each block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in ``R
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -42,7 +43,35 @@ def ablation(root: Path) -> str:
     return section((root / "reports/ablation/ablation.md").read_text(), "Finding")
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"results": results, "ablation": ablation}
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f}" if n >= 100 * 2**20 else f"{n / 2**20:.3g}"
+
+
+def export(root: Path) -> str:
+    """The export checks of the embedded model (``reports/export.json``) and of the
+    Sana-600M config (``benchmarks/results/export-sana-600m-cpu.json``), one row each."""
+    rows = ["| model | per-tensor gate | end to end | views only | weight codes | FP32 → packed |",
+            "|---|---|---|---|---|---|"]
+    sources = [("embedded (dvc repro)", root / "reports/export.json"),
+               ("Sana-600M config, random", root / "benchmarks/results/export-sana-600m-cpu.json")]
+    for name, path in sources:
+        r = json.loads(path.read_text())
+        check = r.get("verify", r)
+        sem, sizes = check["per_tensor_semantics"], r["sizes"]
+        if "end_to_end_rel_l2_error" not in sem:  # written before per-tensor quantizers
+            rows.append(f"| {name} | not yet reproduced with per-tensor quantizers "
+                        "(`dvc repro export`) | | | | |")
+            continue
+        rows.append(f"| {name} | {sem['rel_l2_error']:.1e} (≤ {sem['rel_l2_tolerance']:g}) "
+                    f"| {sem['end_to_end_rel_l2_error']:.1e} "
+                    f"| {sem['layer_input_rel_l2_error']:.1e} "
+                    f"| {check['weights']['code_mismatches']} of {check['weights']['codes']:,} "
+                    f"differ | {_mib(sizes['fp32_bytes'])} → {_mib(sizes['packed_bytes'])} MiB |")
+    return "\n".join(rows)
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"results": results, "ablation": ablation,
+                                            "export": export}
 
 
 def render(readme: str, root: Path = ROOT) -> str:

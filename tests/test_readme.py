@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipelines.readme import ROOT, render, section
@@ -17,10 +19,24 @@ def test_render_replaces_a_stale_block(tmp_path):
     (tmp_path / "reports/comparison.md").write_text(
         "# t\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## The paper's claim\n\nclaim text\n")
     (tmp_path / "reports/ablation/ablation.md").write_text("## Finding\n\n- one\n\n## Cells\n")
+    export = {"per_tensor_semantics": {"rel_l2_error": 1e-4, "rel_l2_tolerance": 0.01,
+                                       "end_to_end_rel_l2_error": 2e-3,
+                                       "layer_input_rel_l2_error": 0.07},
+              "weights": {"code_mismatches": 0, "codes": 10}, "sizes": {"fp32_bytes": 2**20,
+                                                                        "packed_bytes": 2**17}}
+    (tmp_path / "reports/export.json").write_text(json.dumps(export))
+    (tmp_path / "benchmarks/results").mkdir(parents=True)
+    (tmp_path / "benchmarks/results/export-sana-600m-cpu.json").write_text(
+        json.dumps({"verify": export, "sizes": export["sizes"]}))
     stale = ("x\n<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
-             "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n")
+             "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n"
+             "<!-- export:start -->\nold\n<!-- export:end -->\n")
     out = render(stale, tmp_path)
     assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
+    assert "| 1.0e-04 (≤ 0.01) | 2.0e-03 | 7.0e-02 | 0 of 10 differ | 1 → 0.125 MiB |" in out
+    del export["per_tensor_semantics"]["end_to_end_rel_l2_error"]  # an older export report
+    (tmp_path / "reports/export.json").write_text(json.dumps(export))
+    assert "not yet reproduced with per-tensor quantizers" in render(stale, tmp_path)
     with pytest.raises(ValueError, match="no block 'results'"):
         render("nothing here", tmp_path)
 

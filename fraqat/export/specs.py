@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -36,6 +37,8 @@ from fraqat.modules import quant_layers
 from fraqat.quant import integer_codes
 
 OPSET_21 = 21  # INT4/UINT4 tensors and blocked DequantizeLinear
+# A QuantLinear / QuantConv2d: nn.Module and _QuantMixin at once, which mypy cannot spell
+QuantLayer = Any
 
 # (bits, signed) -> ONNX container; numpy dtype to build the initializer
 CONTAINERS = {(4, True): (TensorProto.INT4, ml_dtypes.int4),
@@ -91,7 +94,7 @@ def integer_bits(bits: float | None, what: str) -> int | None:
     return int(bits)
 
 
-def trained_codes(name: str, layer: nn.Module) -> np.ndarray | None:
+def trained_codes(name: str, layer: QuantLayer) -> np.ndarray | None:
     """The integer codes of ``layer``'s deployed weight (None for a float weight)."""
     bits = integer_bits(layer.effective_bits, f"layer {name} weight")
     if bits is None:
@@ -102,7 +105,7 @@ def trained_codes(name: str, layer: nn.Module) -> np.ndarray | None:
     return codes.numpy()
 
 
-def weight_spec(name: str, layer: nn.Module) -> WeightSpec | None:
+def weight_spec(name: str, layer: QuantLayer) -> WeightSpec | None:
     """The integer codes and qparams of ``layer``'s weight, or None for a float weight."""
     bits = integer_bits(layer.effective_bits, f"layer {name} weight")
     if bits is None:
@@ -139,7 +142,7 @@ def _layout(name: str, granularity: str, shape: tuple[int, ...],
     return 1, group_size
 
 
-def act_spec(name: str, layer: nn.Module) -> ActSpec | None:
+def act_spec(name: str, layer: QuantLayer) -> ActSpec | None:
     """The calibrated scale/zero point of ``layer``'s input quantizer, or None (float input)."""
     q = layer.input_quantizer
     bits = integer_bits(q.bits, f"layer {name} activation")
@@ -198,5 +201,5 @@ def check_containers(weights: dict[str, WeightSpec], acts: dict[str, ActSpec], o
             raise FraqatError(f"layer {spec.layer}: per-group weights need the blocked "
                               f"DequantizeLinear of opset 21 (got export.opset={opset}; "
                               "allowed: opset >= 21, or granularity tensor/channel)")
-    for spec in acts.values():
-        act_container(spec, opset)
+    for act in acts.values():
+        act_container(act, opset)

@@ -8,6 +8,14 @@ distillation loss: velocity MSE to the teacher on a fixed seeded set of noised h
 
 Image metrics use the samples clipped to [-1, 1]; the samples file keeps them unclipped, with
 the per-item held-out squared errors so that ``fraqat report`` can bootstrap over items.
+
+A real pipeline (:mod:`fraqat.pipeline_eval`) generates with its own ``__call__``, the
+transformer swapped; FID against ``eval.reference_path`` or the FP pipeline's images;
+prompt accuracy has no digit classifier to read it (null), the CLIP score from
+``eval.clip_path`` stands in (null without it); the held-out loss is taken on the
+calibration set's probe points (other noise draws) against the cached bf16 teacher outputs.
+Its samples are stored in float16 (1024-px images are 12 MB each in float32), and its metrics
+use those same rounded values.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from fraqat import paths
 from fraqat.artifacts import load_split
 from fraqat.classifier import load_classifier, predict, single_thread
 from fraqat.data import ImageSet, prompt_for
+from fraqat.distributed import resolve_device
 from fraqat.errors import FraqatError
 from fraqat.fid import Stats, feature_fn, frechet
 from fraqat.flow import noisy
@@ -31,8 +40,13 @@ from fraqat.io import load_tensors, read_json, save_tensors, write_json
 from fraqat.models import TextToImage, load_teacher
 from fraqat.modules import quant_layers
 from fraqat.params import EvalParams, Params
-from fraqat.runs import load_run
+from fraqat.pipeline_eval import clip_scorer, image_features, load_reference_images
+from fraqat.pipeline_eval import eval_prompts as pipeline_prompts
+from fraqat.pipeline_eval import generate as pipeline_generate
+from fraqat.pipeline_folder import load_pipeline, model_family, read_prompts
+from fraqat.runs import load_quantized_transformer, load_run
 from fraqat.sampling import sample, seeded_noise
+from fraqat.trajectory import predict_points
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +144,9 @@ def sample_meta(method: str, seed: int, e: EvalParams) -> dict[str, str]:
 
 
 def run(params: Params, method: str, seed: int) -> None:
+    if params.model != "tiny-sana":
+        run_pipeline(params, method, seed)
+        return
     with single_thread():  # a 0.2 M-parameter model: see single_thread's measurements
         _run(params, method, seed)
 
@@ -187,3 +204,76 @@ def noise_metrics(noise: torch.Tensor, reference_fp: torch.Tensor,
             **scores(noise), "feature_space": e.feature_space, "teacher_mse": mse,
             "teacher_psnr": psnr, "heldout_distill_loss": None, "model_size_mb": None,
             "num_images": e.num_images, "eval_steps": None}
+
+
+def run_pipeline(params: Params, method: str, seed: int) -> None:
+    e = params.eval
+    start = time.perf_counter()
+    reference_fp = None if method == "fp" else load_fp_reference(e)  # fail early
+    features, feature_label = image_features(e.feature_space, paths.CLASSIFIER,
+                                             e.inception_path)
+    clip = clip_scorer(e.clip_path) if e.clip_path else None
+    device = resolve_device(params.device)
+    pipe = load_pipeline(params.model, params.model_path, params.allow_download).to(device)
+    family, prompts = model_family(params.model), read_prompts(params.prompts_path)
+    if method == "fp":
+        transformer, weight_bits, act_bits = pipe.transformer, None, None
+    else:
+        folder = paths.run_dir(method, seed)
+        transformer = load_quantized_transformer(folder).to(device)
+        config = read_json(folder / "quant.json")["config"]
+        weight_bits, act_bits = config["weight_bits"], config["act_bits"]
+    calib = load_tensors(paths.CALIBRATION)
+
+    eval_ps, labels = pipeline_prompts(prompts, e.num_images)
+    seeds = [e.seed + i for i in range(e.num_images)]
+    images = pipeline_generate(pipe, family, transformer, eval_ps, seeds, params.resolution,
+                               e.steps, e.guidance_scale, e.batch_size,
+                               desc=f"generate {paths.run_name(method, seed)}")
+    images = images.half().float()  # the stored precision: metrics use what is on disk
+    if reference_fp is None:
+        reference_fp = images.clamp(-1, 1)
+    reference = load_reference_images(e.reference_path, params.resolution) \
+        if e.reference_path else reference_fp
+    real_stats = Stats.of(features(reference))
+    c, h, w = calib["x_t"].shape[1:]
+    model = TextToImage(transformer, None, (c, h, w),
+                        prompt_table=tuple(calib[f"cond.{k}"] for k in family.cond_keys))
+    if method == "fp":  # the teacher against itself
+        sq_err = torch.zeros(len(calib["probe_t"]))
+    else:
+        probe_v = load_tensors(paths.TEACHER_OUTPUTS)["probe_v"].float()
+        pred = predict_points(model, calib["probe_x_t"], calib["probe_t"], calib["probe_labels"])
+        sq_err = (pred - probe_v).pow(2).flatten(1).mean(1)
+    mse, psnr = fidelity(images.clamp(-1, 1), reference_fp)
+
+    def scores(x: torch.Tensor) -> dict:
+        return {"fid": frechet(Stats.of(features(x.clamp(-1, 1))), real_stats),
+                "prompt_accuracy": None,
+                "clip_score": float(clip(x, eval_ps).mean()) if clip else None}
+
+    fid_reference = "real images" if e.reference_path else "fp pipeline images"
+    common = {"feature_space": feature_label, "fid_reference": fid_reference,
+              "model": params.model, "resolution": params.resolution,
+              "num_images": e.num_images}
+    metrics = {"method": method, "seed": seed, "weight_bits": weight_bits, "act_bits": act_bits,
+               **scores(images), **common, "teacher_mse": mse, "teacher_psnr": psnr,
+               "heldout_distill_loss": float(sq_err.mean()),
+               "model_size_mb": model_size_mb(model), "eval_steps": e.steps,
+               "seconds": time.perf_counter() - start}
+    noise_row = None
+    if method == "fp":
+        noise = seeded_noise(e.num_images, tuple(images.shape[1:]), e.seed).clamp(-1, 1)
+        n_mse, n_psnr = fidelity(noise, reference_fp)
+        noise_row = {"method": "noise", "seed": None, "weight_bits": None, "act_bits": None,
+                     **scores(noise), **common, "teacher_mse": n_mse, "teacher_psnr": n_psnr,
+                     "heldout_distill_loss": None, "model_size_mb": None, "eval_steps": None}
+    save_tensors(paths.samples_path(method, seed),
+                 {"samples": images.half(), "labels": labels, "heldout_sq_err": sq_err},
+                 metadata={**sample_meta(method, seed, e), "resolution": str(params.resolution)})
+    write_json(paths.eval_metrics(method, seed), metrics)
+    if noise_row is not None:
+        write_json(NOISE_REPORT, noise_row)
+    log.info("%s: FID %.3f (%s vs %s), teacher MSE %.5f, held-out loss %.6f, %.3f MB",
+             paths.run_name(method, seed), metrics["fid"], feature_label, fid_reference, mse,
+             metrics["heldout_distill_loss"], metrics["model_size_mb"])

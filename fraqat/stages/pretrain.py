@@ -18,10 +18,9 @@ from tqdm import tqdm
 from fraqat import distributed, paths
 from fraqat.artifacts import load_split
 from fraqat.data import PROMPTS, prompt_for
-from fraqat.errors import FraqatError
 from fraqat.flow import cosine_lr, noisy, sample_times, velocity
 from fraqat.io import atomic_path, write_json
-from fraqat.models import build_tiny_sana
+from fraqat.models import build_tiny_sana, load_transformer, write_pipeline_pointer
 from fraqat.outliers import add_outliers, summarize, weight_stats
 from fraqat.params import Params
 
@@ -30,9 +29,15 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params) -> None:
-    if params.model != "tiny-sana":
-        raise FraqatError(f"model={params.model!r}: pretrain builds only the embedded default; "
-                          "real models are loaded from model_path")
+    if params.model != "tiny-sana":  # a real model is pretrained: point at its pipeline
+        stats = weight_stats(load_transformer(params.model, params.model_path,
+                                              params.allow_download))
+        log.info("teacher weights: %s", summarize(stats))
+        write_pipeline_pointer(paths.TEACHER, params.model, str(params.model_path))
+        write_json(paths.TEACHER_REPORT, {**summarize(stats), "outlier_fraction": 0.0,
+                                          "outlier_factor": None, "rescaled_channels": {},
+                                          "layers": stats})
+        return
     p, device = params.pretrain, distributed.resolve_device(params.device)
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)

@@ -292,7 +292,8 @@ def sample_rows(params: Params) -> list[tuple[str, torch.Tensor]]:
             if p.exists():
                 rows.append((f"{method} s{seed}", load_tensors(p)["samples"]))
                 break
-    noise = seeded_noise(params.eval.num_images, (1, 8, 8), params.eval.seed)
+    shape = tuple(rows[0][1].shape[1:]) if rows else (1, 8, 8)  # a real pipeline: RGB
+    noise = seeded_noise(params.eval.num_images, shape, params.eval.seed)
     return rows + [(NOISE, noise)]
 
 
@@ -349,9 +350,11 @@ def run(params: Params) -> None:
     md = ["# FraQAT vs standard QAT: comparison", "",
           f"Setting: W{params.bits:g}A{params.act_bits:g}, seeds {params.seeds}, "
           f"{int(first['num_images'])} samples per model, {first['feature_space']} feature "
-          "space (FID to the held-out real digits). Mean ± sample std over seeds; teacher "
-          "PSNR/MSE against the fp samples from the same prompts and noise; held-out "
-          "distillation loss = velocity MSE to the teacher on fixed noised held-out images.",
+          f"space (FID to {first.get('fid_reference') or 'the held-out real digits'}). Mean ± "
+          "sample std over seeds; teacher PSNR/MSE against the fp samples from the same "
+          "prompts and noise; held-out distillation loss = velocity MSE to the teacher on "
+          + ("fixed noised held-out images." if params.model == "tiny-sana" else
+             f"{params.model}'s own sampling trajectories from held-out noise draws."),
           "", markdown_table(table), "",
           "## The fair protocol: each method at its own learning rate", "",
           f"Every method trains at the peak learning rate that gave it the lowest loss on the "
