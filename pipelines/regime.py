@@ -6,7 +6,7 @@ reads ``dvc exp show --json`` and writes ``reports/regime.{md,csv}``: per cell a
 held-out loss and teacher MSE vs standard QAT (Δ% with the paired t-test's 95 % interval over
 seeds), the largest loss spike, the divergence rate and the final loss.
 
-    python -m pipelines.regime queue --seeds "[0,1,2]"
+    python -m pipelines.regime queue --target train
     dvc queue start -j 1                      # wait for `dvc queue status`
     python -m pipelines.regime collect
 """
@@ -37,7 +37,10 @@ CELLS: dict[str, dict[str, object]] = {
     "w4-outliers-lr3e-3": {"bits": 4, **OUTLIERS, **HIGH_LR},
     "w3-lr3e-3": {"bits": 3, **HIGH_LR},
     "w3-outliers-lr3e-3": {"bits": 3, **OUTLIERS, **HIGH_LR},
+    "w2-lr3e-3": {"bits": 2, **HIGH_LR},
     "w4a6-outliers-lr3e-3": {"bits": 4, "act_bits": 6, **OUTLIERS, **HIGH_LR},
+    "w4a4-lr3e-3": {"bits": 4, "act_bits": 4, **HIGH_LR},
+    "w4-lr1e-2": {"bits": 4, "tune.lr_grid": "[0.01]"},
 }
 RUN = re.compile(r"reports/(train)/(.+)-s(\d+)\.json$")  # cells may stop at train
 
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="The paper's regime through DVC experiments.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("queue")
-    q.add_argument("--seeds", default="[0,1,2]")
+    q.add_argument("--seeds", default="[0,1,2,3,4]")
     q.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
     q.add_argument("--target", default=None, help="stop each cell at this stage (e.g. train)")
     sub.add_parser("collect")
