@@ -1,10 +1,10 @@
 """The evaluation classifier: scores prompt accuracy and is the offline FID feature network.
 
-Inception weights cannot be downloaded here, and Inception features of 8x8 digits upsampled to
-299x299 say little anyway, so a small CNN trained on the real training digits plays both roles
-(as MNIST FID papers do with a LeNet): its argmax checks that a sample shows the prompted digit,
-and its penultimate layer (``features``, taken before the ReLU so no unit is constantly zero
-and the feature covariance stays full rank) is the space FID is measured in.
+Inception weights cannot be downloaded here, and Inception features of 8x8 (or 28x28) digits
+upsampled to 299x299 say little anyway, so a small CNN trained on the real training digits plays
+both roles (as MNIST FID papers do with a LeNet): its argmax checks that a sample shows the
+prompted digit, and its penultimate layer (``features``, taken before the ReLU so no unit is
+constantly zero and the feature covariance stays full rank) is the space FID is measured in.
 """
 
 from __future__ import annotations
@@ -33,17 +33,18 @@ class ClassifierConfig:
 
 
 class DigitClassifier(nn.Module):
-    """conv-conv-pool-linear trunk (the feature network) + ReLU-linear head, for (N, 1, 8, 8)."""
+    """conv-conv-pool-linear trunk (the feature network) + ReLU-linear head, for
+    (N, 1, S, S) images (S = ``image_size``: 8 for the digits, 28 for mnist)."""
 
-    def __init__(self, config: ClassifierConfig = ClassifierConfig()):
+    def __init__(self, config: ClassifierConfig = ClassifierConfig(), image_size: int = 8):
         super().__init__()
         c1, c2 = config.channels
-        self.config = config
+        self.config, self.image_size = config, image_size
         self.trunk = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(c2 * 16, config.feature_dim))
+            nn.Linear(c2 * (image_size // 2) ** 2, config.feature_dim))
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(config.feature_dim, config.num_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +98,7 @@ def _train(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int, ba
            lr: float, config: ClassifierConfig) -> TrainResult:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = DigitClassifier(config)
+    model = DigitClassifier(config, images.shape[-1])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     start, loss = time.perf_counter(), torch.tensor(float("nan"))
@@ -139,8 +140,11 @@ def load_classifier(folder: str | Path) -> DigitClassifier:
         raise FraqatError(f"no evaluation classifier at {folder} (run `fraqat classifier` "
                           "or `dvc repro classifier` first)")
     cfg = json.loads((folder / "config.json").read_text())["config"]
+    state = load_file(str(folder / "model.safetensors"))
+    linear_in = state["trunk.6.weight"].shape[1]  # c2 * (S/2)^2: the image side S
+    side = 2 * round((linear_in / cfg["channels"][1]) ** 0.5)
     model = DigitClassifier(ClassifierConfig(channels=tuple(cfg["channels"]),
                                              feature_dim=cfg["feature_dim"],
-                                             num_classes=cfg["num_classes"]))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+                                             num_classes=cfg["num_classes"]), side)
+    model.load_state_dict(state)
     return model.eval()

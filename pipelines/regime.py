@@ -9,6 +9,10 @@ seeds), the largest loss spike, the divergence rate and the final loss.
     python -m pipelines.regime queue --target train
     dvc queue start -j 1                      # wait for `dvc queue status`
     python -m pipelines.regime collect
+    python -m pipelines.regime render         # regime.md again from regime.csv + gpu.json
+
+``reports/regime/gpu.json`` (``pipelines.regime_gpu`` on the GPU machine) adds a "GPU machine"
+section with the same columns.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from fraqat.stats import delta_pct, paired_ttest
 from fraqat.tables import fmt, fmt_delta, markdown_table
 
 OUT = Path("reports/regime")
+GPU_JSON = OUT / "gpu.json"  # pipelines.regime_gpu's result, copied back from the GPU machine
 HIGH_LR = {"tune.lr_grid": "[0.003]"}  # one high rate for every method: no tuning
 OUTLIERS = {"outliers.fraction": 0.015, "outliers.factor": 50}
 BASE = {"methods": "[qat,qat-warmup,fraqat-late]", "schedule.control_of": "fraqat-late",
@@ -117,7 +122,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def render(table: pd.DataFrame) -> str:
+def table_markdown(table: pd.DataFrame) -> str:
+    """The per-(cell, method) table of :func:`summarize`'s output."""
     head = ["cell", "teacher abs-max/std, kurtosis", "method", "lr", "seeds", "held-out loss",
             "Δ% vs qat [95% CI]",
             "teacher MSE", "Δ% vs qat [95% CI]", "largest spike", "diverged", "final train loss",
@@ -129,10 +135,55 @@ def render(table: pd.DataFrame) -> str:
              fmt_delta(r["d_mse"], r["ci_mse"]), f"{r['max_spike']:.1f}×",
              f"{r['divergence_rate']:.0%}", fmt(r["final_train_loss"], 4), r["outcome"]]
             for r in table.to_dict("records")]
+    return markdown_table(head, rows)
+
+
+def verdict(table: pd.DataFrame) -> str:
     wins = table[(table["outcome"] == "wins") & table["method"].isin(FRACTIONAL)]
-    verdict = ("Fractional schedules beating standard QAT by ≥ 4 % on the held-out loss: " +
-               (", ".join(f"`{r.method}` in `{r.cell}`" for r in wins.itertuples())
-                if len(wins) else "none") + ".")
+    return ("Fractional schedules beating standard QAT by ≥ 4 % on the held-out loss: " +
+            (", ".join(f"`{r.method}` in `{r.cell}`" for r in wins.itertuples())
+             if len(wins) else "none") + ".")
+
+
+def gpu_runs(gpu: dict) -> pd.DataFrame:
+    """The finished runs of ``pipelines.regime_gpu``'s JSON, as :func:`runs` rows."""
+    teachers = gpu.get("teachers", {})
+    rows = [{"cell": r["cell"], "method": r["method"], "seed": r["seed"],
+             **{f"train.{k}": r[k] for k in ("final_target_loss", "max_spike", "diverged",
+                                              "final_loss", "lr")},
+             **{f"teacher.{k}": v for k, v in teachers.get(r["teacher"], {}).items()
+                if k.startswith("max_")}}
+            for r in gpu.get("runs", []) if r.get("status") == "ok"]
+    return pd.DataFrame(rows)
+
+
+def gpu_section(gpu: dict) -> str:
+    """``## GPU machine``: the cells ``pipelines.regime_gpu`` ran through the stages there."""
+    df = gpu_runs(gpu)
+    lines = ["## GPU machine", ""]
+    runs_all = gpu.get("runs", [])
+    done = f"{len(df)} of {len(runs_all)} runs finished" + (
+        "" if gpu.get("complete") else " (not complete: budget or failures, see the JSON)")
+    teachers = "; ".join(
+        f"`{name}` ({', '.join(t.get('cells', []))}): {t.get('num_params', 0) / 1e6:.1f} M "
+        f"parameters, width {t['pretrain']['width']} × {t['pretrain']['layers']} layers, "
+        f"{t['pretrain']['steps']} pretrain steps (final loss {fmt(t.get('final_loss'), 4)}, "
+        f"{fmt(t.get('train_seconds'), 0)} s), outliers {t['outliers']['fraction']:g}"
+        for name, t in gpu.get("teachers", {}).items())
+    prof = gpu.get("profile", {})
+    lines += [f"`python -m pipelines.regime_gpu` on {gpu.get('device', '?')} (torch "
+              f"{gpu.get('torch', '?')}, {gpu.get('started', '?')}): the pipeline's own stages "
+              f"without DVC, data `{prof.get('data', {}).get('source', '?')}`, "
+              f"{prof.get('train', {}).get('steps', '?')} QAT steps per run, one learning rate "
+              f"per cell for every method; {done} in {fmt(gpu.get('elapsed_s'), 0)} s. "
+              f"Teachers: {teachers}.", ""]
+    if df.empty:
+        return "\n".join(lines + ["No finished runs.", ""])
+    table = summarize(df)
+    return "\n".join(lines + [verdict(table), "", table_markdown(table), ""])
+
+
+def render(table: pd.DataFrame, gpu: dict | None = None) -> str:
     return "\n".join([
         "# The paper's regime: outliers, lower bits, a high learning rate, stability", "",
         "DVC experiments of the whole pipeline (`python -m pipelines.regime queue`), one "
@@ -145,7 +196,22 @@ def render(table: pd.DataFrame) -> str:
         "steps of the same bit-width (1.0× = no spike); diverged = the run ended above the "
         "loss of its first target-bit step. `*-outliers-*`: the teacher's value/output and "
         "GLU channel pairs rescaled (1.5 % of the channels × 50, same FP function; "
-        "`fraqat/outliers.py`).", "", verdict, "", markdown_table(head, rows), ""])
+        "`fraqat/outliers.py`).", "", verdict(table), "", table_markdown(table), "",
+        *([gpu_section(gpu)] if gpu else [])])
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """``regime.csv`` back into :func:`summarize`'s frame (intervals were written as JSON)."""
+    table = pd.read_csv(path)
+    for col in ("ci_heldout", "ci_mse"):
+        table[col] = table[col].map(lambda v: json.loads(v) if isinstance(v, str) else None)
+    for col in ("d_heldout", "d_mse"):
+        table[col] = table[col].astype(object).where(table[col].notna(), None)
+    return table
+
+
+def read_gpu() -> dict | None:
+    return json.loads(GPU_JSON.read_text()) if GPU_JSON.exists() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,9 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
     q.add_argument("--target", default=None, help="stop each cell at this stage (e.g. train)")
     sub.add_parser("collect")
+    sub.add_parser("render", help="redraw regime.md from regime.csv and gpu.json")
     args = ap.parse_args(argv)
     if args.cmd == "queue":
         queue(args.seeds, args.cells, args.target)
+        return 0
+    if args.cmd == "render":
+        write_text(OUT / "regime.md", render(read_table(OUT / "regime.csv"), read_gpu()))
+        print(f"wrote {OUT}/regime.md")
         return 0
     show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"],
                                      check=True, capture_output=True, text=True).stdout)
@@ -170,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     table.assign(ci_heldout=table["ci_heldout"].map(json.dumps),
                  ci_mse=table["ci_mse"].map(json.dumps)).to_csv(OUT / "regime.csv", index=False)
-    write_text(OUT / "regime.md", render(table))
+    write_text(OUT / "regime.md", render(table, read_gpu()))
     print(f"wrote {OUT}/regime.{{md,csv}} ({df['cell'].nunique()} cells, {len(df)} runs)")
     return 0
 

@@ -9,6 +9,7 @@ the weights' abs-max/std and kurtosis either way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -23,6 +24,7 @@ from fraqat.io import atomic_path, write_json
 from fraqat.models import build_tiny_sana, load_transformer, write_pipeline_pointer
 from fraqat.outliers import add_outliers, summarize, weight_stats
 from fraqat.params import Params
+from fraqat.trainer import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,14 @@ def run(params: Params) -> None:
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
     train = load_split("train")
-    model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS, p.patch_size).to(device)
+    model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS, p.patch_size,
+                            train.images.shape[-1]).to(device)
+    dtype = autocast_dtype(params.train.autocast, device)  # bf16 on CUDA; the CPU stays fp32
+    amp = (lambda: torch.autocast(device.type, dtype)) if dtype else contextlib.nullcontext
     prompts = [prompt_for(y) for y in train.labels]
     opt = torch.optim.AdamW(list(model.parameters()), lr=p.lr, weight_decay=0.01)
-    log.info("teacher: %d parameters, %d steps, batch %d, on %s",
-             sum(x.numel() for x in model.parameters()), p.steps, p.batch_size, device)
+    log.info("teacher: %d parameters, %d steps, batch %d, on %s (autocast %s)",
+             sum(x.numel() for x in model.parameters()), p.steps, p.batch_size, device, dtype)
     start, ema = time.perf_counter(), None
     bar = tqdm(range(p.steps), desc="pretrain", mininterval=2)
     model.train()
@@ -55,9 +60,10 @@ def run(params: Params) -> None:
         x0 = train.images[idx]
         noise = torch.randn(x0.shape, generator=gen)
         x0, noise, t = x0.to(device), noise.to(device), sample_times(len(idx), gen).to(device)
-        hidden, mask = model.encode([prompts[i] for i in idx])
-        loss = torch.nn.functional.mse_loss(model.predict(noisy(x0, noise, t), t, hidden, mask),
-                                            velocity(x0, noise))
+        with amp():
+            hidden, mask = model.encode([prompts[i] for i in idx])
+            pred = model.predict(noisy(x0, noise, t), t, hidden, mask)
+        loss = torch.nn.functional.mse_loss(pred.float(), velocity(x0, noise))
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, p.steps, p.lr, warmup=min(100, p.steps // 10))
         opt.zero_grad(set_to_none=True)
