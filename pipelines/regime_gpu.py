@@ -100,26 +100,25 @@ class Runner:
         """Run one ``fraqat`` stage in ``project``; ('ok' | 'failed' | 'timeout' |
         'skipped', seconds). Its output goes to ``work/logs/<label>.log``."""
         left = self.deadline - time.monotonic()
-        if left <= 0:
-            return "skipped", 0.0
         log = self.work / "logs" / f"{label}.log"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         env.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors on the CPU side; jobs overlap
-        start = time.monotonic()
+        start, status = time.monotonic(), "skipped"
         with log.open("w") as fh:
             try:
-                rc = subprocess.run([sys.executable, "-m", "fraqat.cli", *args], cwd=project,
-                                    env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                    timeout=left).returncode
-                status = "ok" if rc == 0 else "failed"
+                if left > 0:
+                    rc = subprocess.run([sys.executable, "-m", "fraqat.cli", *args],
+                                        cwd=project, env=env, stdout=fh,
+                                        stderr=subprocess.STDOUT, timeout=left).returncode
+                    status = "ok" if rc == 0 else "failed"
             except subprocess.TimeoutExpired:
                 status = "timeout"
         seconds = time.monotonic() - start
         with self.lock:
             self.result["stages"].append({"label": label, "status": status,
                                           "seconds": round(seconds, 2)})
-        if status != "ok":
+        if status in ("failed", "timeout"):
             tail = log.read_text().strip().splitlines()[-3:]
             print(f"[{self.elapsed():6.1f}s] {label}: {status}: {' | '.join(tail)}", flush=True)
         return status, seconds

@@ -62,3 +62,17 @@ def test_stage_refuses_a_weak_classifier_and_leaves_no_output(tmp_path, monkeypa
         classifier.run(params)
     assert not paths.CLASSIFIER.exists()
     assert not classifier.REPORT.exists()
+
+
+def test_28x28_classifier_and_its_feature_extractor(tmp_path):
+    from fraqat.data import load_mnist
+    from fraqat.fid import ClassifierFeatureExtractor
+
+    mnist = load_mnist()
+    model = train_classifier(mnist.images[:64], mnist.labels[:64], steps=2).model
+    assert model.image_size == 28 and model.features(mnist.images[:3]).shape == (3, 64)
+    save_classifier(tmp_path / "clf", model, {"steps": 2})
+    loaded = load_classifier(tmp_path / "clf")  # the side is read back from the weights
+    assert loaded.image_size == 28
+    assert torch.equal(predict(loaded, mnist.images[:32]), predict(model, mnist.images[:32]))
+    assert ClassifierFeatureExtractor(loaded).size == 28

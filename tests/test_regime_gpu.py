@@ -1,0 +1,46 @@
+"""pipelines.regime_gpu: regime cells through the stages as subprocesses, under a time budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from pipelines.regime_gpu import CELLS, PROFILE, TINY, Runner, main, teacher_key, with_overrides
+
+
+def test_cells_share_a_teacher_only_when_its_inputs_agree() -> None:
+    profile = yaml.safe_load(PROFILE.read_text())
+    params = {c: with_overrides(profile, o) for c, o in CELLS.items()}
+    assert params["w4-lr1e-2"]["train"]["lr"] == 0.01 and profile["train"]["lr"] == 0.003
+    assert teacher_key(params["w4-lr3e-3"]) == teacher_key(params["w4-lr1e-2"])
+    assert teacher_key(params["w4-lr3e-3"]) != teacher_key(params["w3-outliers-lr3e-3"])
+    assert profile["data"]["source"] == "mnist" and profile["train"]["steps"] == 2000
+
+
+def test_budget_spent_skips_and_keeps_the_json(tmp_path: Path) -> None:
+    profile = with_overrides(yaml.safe_load(PROFILE.read_text()), TINY)
+    (tmp_path / "logs").mkdir()
+    out = tmp_path / "gpu.json"
+    result = Runner(profile, {"w4-lr3e-3": CELLS["w4-lr3e-3"]}, tmp_path, out, 0.0, 1).run()
+    assert result["stages"][0]["status"] == "skipped" and result["runs"] == []
+    assert json.loads(out.read_text())["complete"] is False
+
+
+def test_tiny_run_through_the_stages(tmp_path: Path) -> None:
+    """The GPU command's code path on the CPU: the outlier cell's chain and its train runs."""
+    out = tmp_path / "gpu.json"
+    assert main(["--tiny", "--cells", "w3-outliers-lr3e-3", "--jobs", "2", "--out", str(out),
+                 "--work", str(tmp_path / "work")]) == 0
+    result = json.loads(out.read_text())
+    assert result["complete"] and result["device"].startswith("cpu")
+    assert [s["status"] for s in result["stages"][:4]] == ["ok"] * 4
+    teacher = result["teachers"]["teacher-0"]
+    assert teacher["outlier_fraction"] == 0.015 and teacher["max_kurtosis"] > 30
+    assert teacher["data"]["source"] == "mnist" and teacher["num_params"] > 0
+    runs = {(r["method"], r["seed"]): r for r in result["runs"]}
+    assert set(runs) == {("qat", 0), ("fraqat-late", 0)}
+    for r in runs.values():
+        assert r["status"] == "ok" and r["lr"] == 0.003 and r["steps"] == TINY["train.steps"]
+        assert r["final_target_loss"] > 0 and r["max_spike"] >= 1.0
