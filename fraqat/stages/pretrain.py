@@ -1,7 +1,9 @@
 """Stage ``pretrain``: train the embedded default's FP teacher with flow matching.
 
 Stands in for "download the pretrained checkpoint": a tiny ``SanaTransformer2DModel`` and a
-learned prompt encoder trained from scratch on the digits, written to ``data/teacher``.
+learned prompt encoder trained from scratch on the digits (``data.source``), written to
+``data/teacher``. On CUDA it runs under bf16 autocast (``train.autocast``'s rule: ``auto`` =
+bf16 on CUDA, fp32 on the CPU, so the CPU teacher is the fp32 one bit for bit).
 ``outliers.fraction > 0`` then rescales channel pairs (:mod:`fraqat.outliers`: same FP
 function, weights with outliers like a large pretrained DiT's); ``reports/teacher.json`` holds
 the weights' abs-max/std and kurtosis either way.
@@ -24,7 +26,6 @@ from fraqat.io import atomic_path, write_json
 from fraqat.models import build_tiny_sana, load_transformer, write_pipeline_pointer
 from fraqat.outliers import add_outliers, summarize, weight_stats
 from fraqat.params import Params
-from fraqat.trainer import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,14 @@ def run(params: Params) -> None:
     train = load_split("train")
     model = build_tiny_sana(p.width, p.layers, p.heads, PROMPTS, p.patch_size,
                             train.images.shape[-1]).to(device)
-    dtype = autocast_dtype(params.train.autocast, device)  # bf16 on CUDA; the CPU stays fp32
-    amp = (lambda: torch.autocast(device.type, dtype)) if dtype else contextlib.nullcontext
+    bf16 = params.train.autocast == "bf16" or (params.train.autocast == "auto"
+                                               and device.type == "cuda")  # as train's rule
+    amp = (lambda: torch.autocast(device.type, torch.bfloat16)) if bf16 else contextlib.nullcontext
     prompts = [prompt_for(y) for y in train.labels]
     opt = torch.optim.AdamW(list(model.parameters()), lr=p.lr, weight_decay=0.01)
-    log.info("teacher: %d parameters, %d steps, batch %d, on %s (autocast %s)",
-             sum(x.numel() for x in model.parameters()), p.steps, p.batch_size, device, dtype)
+    log.info("teacher: %d parameters, %d steps, batch %d, on %s%s",
+             sum(x.numel() for x in model.parameters()), p.steps, p.batch_size, device,
+             " in bf16 autocast" if bf16 else "")
     start, ema = time.perf_counter(), None
     bar = tqdm(range(p.steps), desc="pretrain", mininterval=2)
     model.train()
