@@ -115,12 +115,13 @@ class Runner:
             except subprocess.TimeoutExpired:
                 status = "timeout"
         seconds = time.monotonic() - start
+        record = {"label": label, "status": status, "seconds": round(seconds, 2)}
+        if status in ("failed", "timeout"):  # the JSON is what comes back from the machine
+            record["log_tail"] = log.read_text(errors="replace").strip().splitlines()[-8:]
+            print(f"[{self.elapsed():6.1f}s] {label}: {status}: "
+                  f"{' | '.join(record['log_tail'][-3:])}", flush=True)
         with self.lock:
-            self.result["stages"].append({"label": label, "status": status,
-                                          "seconds": round(seconds, 2)})
-        if status in ("failed", "timeout"):
-            tail = log.read_text().strip().splitlines()[-3:]
-            print(f"[{self.elapsed():6.1f}s] {label}: {status}: {' | '.join(tail)}", flush=True)
+            self.result["stages"].append(record)
         return status, seconds
 
     def elapsed(self) -> float:

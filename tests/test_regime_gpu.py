@@ -44,3 +44,14 @@ def test_tiny_run_through_the_stages(tmp_path: Path) -> None:
     for r in runs.values():
         assert r["status"] == "ok" and r["lr"] == 0.003 and r["steps"] == TINY["train.steps"]
         assert r["final_target_loss"] > 0 and r["max_spike"] >= 1.0
+
+
+def test_a_failing_stage_is_recorded_with_its_log(tmp_path: Path) -> None:
+    profile = with_overrides(yaml.safe_load(PROFILE.read_text()), {**TINY, "data.source": "cifar"})
+    (tmp_path / "logs").mkdir()
+    out = tmp_path / "gpu.json"
+    result = Runner(profile, {"w4-lr3e-3": CELLS["w4-lr3e-3"]}, tmp_path, out, 60.0, 1).run()
+    stage = result["stages"][0]
+    assert stage["status"] == "failed" and len(result["stages"]) == 1  # the chain stops
+    assert any("data.source: 'cifar'" in line for line in stage["log_tail"])
+    assert result["runs"] == [] and json.loads(out.read_text())["complete"] is False
