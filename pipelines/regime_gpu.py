@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, default=PROFILE)
     ap.add_argument("--cells", nargs="*", default=None, choices=list(CELLS))
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="default: the profile's")
+    ap.add_argument("--methods", nargs="*", default=None, help="default: the profile's")
     ap.add_argument("--budget-s", type=float, default=480.0,
                     help="wall-time bound of the whole run (default 480 s)")
     ap.add_argument("--jobs", type=int, default=6, help="train runs at once (default 6)")
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = with_overrides(profile, TINY)
     if args.seeds:
         profile["seeds"] = args.seeds
+    if args.methods:
+        profile["methods"] = args.methods
     names = args.cells or (list(TINY_CELLS) if args.tiny else list(CELLS))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="regime-gpu-") as tmp:

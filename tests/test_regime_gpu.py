@@ -32,7 +32,7 @@ def test_tiny_run_through_the_stages(tmp_path: Path) -> None:
     """The GPU command's code path on the CPU: the outlier cell's chain and its train runs."""
     out = tmp_path / "gpu.json"
     assert main(["--tiny", "--cells", "w3-outliers-lr3e-3", "--jobs", "2", "--out", str(out),
-                 "--work", str(tmp_path / "work")]) == 0
+                 "--work", str(tmp_path / "work"), "--methods", "qat", "fraqat-late"]) == 0
     result = json.loads(out.read_text())
     assert result["complete"] and result["device"].startswith("cpu")
     assert [s["status"] for s in result["stages"][:4]] == ["ok"] * 4
