@@ -154,6 +154,10 @@ def gpu_runs(gpu: dict) -> pd.DataFrame:
              **{f"teacher.{k}": v for k, v in teachers.get(r["teacher"], {}).items()
                 if k.startswith("max_")}}
             for r in gpu.get("runs", []) if r.get("status") == "ok"]
+    cells = gpu.get("cell_order") or list(gpu.get("cells", {}))
+    methods = list(gpu.get("profile", {}).get("methods", []))
+    rank = lambda x, order: order.index(x) if x in order else len(order)  # noqa: E731
+    rows.sort(key=lambda r: (rank(r["cell"], cells), rank(r["method"], methods), r["seed"]))
     return pd.DataFrame(rows)
 
 
@@ -165,7 +169,7 @@ def gpu_section(gpu: dict) -> str:
     done = f"{len(df)} of {len(runs_all)} runs finished" + (
         "" if gpu.get("complete") else " (not complete: budget or failures, see the JSON)")
     teachers = "; ".join(
-        f"`{name}` ({', '.join(t.get('cells', []))}): {t.get('num_params', 0) / 1e6:.1f} M "
+        f"`{name}` ({', '.join(t.get('cells', []))}): {t.get('num_params', 0) / 1e6:.3g} M "
         f"parameters, width {t['pretrain']['width']} × {t['pretrain']['layers']} layers, "
         f"{t['pretrain']['steps']} pretrain steps (final loss {fmt(t.get('final_loss'), 4)}, "
         f"{fmt(t.get('train_seconds'), 0)} s), outliers {t['outliers']['fraction']:g}"

@@ -89,7 +89,7 @@ class Runner:
         self.result: dict = {
             "device": device_name(profile.get("device", "cpu")), "torch": torch_version(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "budget_s": budget_s, "jobs": jobs, "cells": cells,
+            "budget_s": budget_s, "jobs": jobs, "cells": cells, "cell_order": list(cells),
             "profile": {k: profile[k] for k in ("bits", "act_bits", "methods", "seeds", "data",
                                                 "pretrain", "train", "quant", "schedule")},
             "teachers": {}, "runs": [], "stages": [], "complete": False}

@@ -51,7 +51,9 @@ def gpu_json() -> dict:
                  "teacher": "teacher-0"})
     return {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "started": "2026-11-28",
             "elapsed_s": 431.0, "complete": False, "runs": runs,
-            "profile": {"data": {"source": "mnist"}, "train": {"steps": 2000}},
+            "cells": {"w4-lr1e-2": {"bits": 4, "train.lr": 0.01}},
+            "profile": {"data": {"source": "mnist"}, "train": {"steps": 2000},
+                        "methods": ["qat", "qat-warmup", "fraqat-late"]},
             "teachers": {"teacher-0": {"cells": ["w4-lr1e-2"], "num_params": 10686736,
                                        "pretrain": {"width": 384, "layers": 4, "steps": 2000},
                                        "outliers": {"fraction": 0.0}, "final_loss": 0.21,
@@ -64,6 +66,7 @@ def test_gpu_section_same_columns_and_paired_intervals() -> None:
 
     df = gpu_runs(gpu_json())
     assert len(df) == 6  # the timed-out run is left out
+    assert list(df["method"])[:3] == ["qat"] * 3  # the profile's method order, seeds in turn
     table = summarize(df).set_index("method")
     d = 100 * (0.0245 / 0.031 - 1)
     assert table.loc["fraqat-late", "d_heldout"] == pytest.approx(d)
