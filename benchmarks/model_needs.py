@@ -9,7 +9,8 @@ and batch are not in the project's notes). The scaling model, first order:
 - training memory = 16 B/param (fp32 weights + grads + AdamW's two moments)
   + the measured activation part × (tokens × depth × width) ratio × batch ratio;
 - calibrate / evaluate memory = 4 B/param of the whole fp32 pipeline on the GPU (the stages
-  load it so) + the measured activation part × the same ratio;
+  load it so) and of the quantized transformer ``evaluate`` loads beside it, + the activation
+  part measured with the pipeline alone (``calibrate``, ``evaluate fp``) × the same ratio;
 - time of every stage ∝ transformer params × tokens per sample (the FLOPs of its linear
   layers; attention's quadratic part is left out), from the measured seconds per unit of work;
 - disk = the bf16 checkpoint (2 B/param) + calibration points (fp32 latents) and encoded
@@ -124,8 +125,8 @@ def reference(result: dict) -> dict:
     return {"transformer": n_tr, "tokens": tokens(tuple(run["latent"]), 1, 0),
             "depth_width": run["depth_width"], "batch": run["batch"],
             "train_act_bytes": max(0.0, peak(_stage(result, "train")) - 16 * n_tr),
-            "infer_act_bytes": max(0.0, peak(evals + _stage(result, "calibrate"))
-                                   - 4 * n_pipe),
+            "infer_act_bytes": max(0.0, peak([r for r in evals if r["stage"] == "evaluate fp"]
+                                             + _stage(result, "calibrate")) - 4 * n_pipe),
             "train_step_s": step_s,
             "teacher_point_s": _stage(result, "teacher")[0]["wall_s"] / points,
             "calibrate_point_s": _stage(result, "calibrate")[0]["wall_s"]
@@ -161,7 +162,8 @@ def project(result: dict, paper: dict | None = None) -> dict:
                      "pipeline_params": n["pipeline"], "tokens": tok,
                      "train_gib": (16 * n["transformer"] + ref["train_act_bytes"] * act
                                    * paper["batch"] / ref["batch"]) / GIB,
-                     "infer_gib": (4 * n["pipeline"] + ref["infer_act_bytes"] * act) / GIB,
+                     "infer_gib": (4 * (n["pipeline"] + n["transformer"])
+                                   + ref["infer_act_bytes"] * act) / GIB,
                      "disk_gb": {k: v / GB for k, v in disk.items()},
                      "disk_total_gb": sum(disk.values()) / GB,
                      "hours": {k: v / 3600 for k, v in seconds.items()},

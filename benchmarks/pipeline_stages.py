@@ -31,6 +31,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -45,7 +46,7 @@ from benchmarks.timing import meta, write_json
 GIB = 2**30
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = ("diffusers", "transformers", "tokenizers", "pydantic", "sklearn", "cleanfid.fid",
-          "safetensors", "yaml", "pandas", "scipy")
+          "torchvision", "matplotlib", "PIL", "safetensors", "yaml", "pandas", "scipy")
 # Gemma-2-2B's widths (hidden 2304, 8 heads of 256, 4 KV heads), 2 of its 26 layers
 GEMMA2_CUT = dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=2,
                   num_attention_heads=8, num_key_value_heads=4, head_dim=256,
@@ -227,22 +228,32 @@ def _latent(raw: dict, tiny: bool) -> tuple[int, int, int]:
 
 
 def table(result: dict) -> str:
+    """The per-stage table as markdown (printed, and the form RESULTS.md quotes)."""
     def gib(x):
         return "-" if x is None else f"{x:.2f}"
-    lines = [f"{'stage':<22} {'wall s':>8} {'peak alloc GiB':>15} {'peak reserved GiB':>18} "
-             f"{'start GiB':>10} {'output MiB':>11}"]
+    lines = ["| stage | wall s | peak allocated GiB | peak reserved GiB | allocated at start GiB "
+             "| output MiB |", "|---|---|---|---|---|---|"]
     for s in result["stages"]:
-        lines.append(f"{s['stage']:<22} {s['wall_s']:>8.1f} {gib(s['peak_allocated_gib']):>15} "
-                     f"{gib(s['peak_reserved_gib']):>18} {gib(s['start_allocated_gib']):>10} "
-                     f"{s['output_bytes'] / 2**20:>11.1f}")
-    lines.append(f"{'total':<22} {sum(s['wall_s'] for s in result['stages']):>8.1f}")
+        lines.append(f"| {s['stage']} | {s['wall_s']:.1f} | {gib(s['peak_allocated_gib'])} "
+                     f"| {gib(s['peak_reserved_gib'])} | {gib(s['start_allocated_gib'])} "
+                     f"| {s['output_bytes'] / 2**20:.1f} |")
+    lines.append(f"| total | {sum(s['wall_s'] for s in result['stages']):.1f} | | | | |")
     return "\n".join(lines)
+
+
+def json_path(path: Path | None, device: str) -> Path | None:
+    """``path``, or inside the folder ``path`` a name that says the card (h100, h200, cpu)."""
+    if path is None or not path.is_dir():
+        return path
+    card = re.search(r"[A-Z]\d{2,3}[A-Z]?", device)
+    return path / f"pipeline-stages-sana-600m-{card.group(0).lower() if card else 'cpu'}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny config at 32 px on the CPU")
-    ap.add_argument("--json", type=Path, default=None, help="where to write the result")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where to write the result (a folder: a file named after the card)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="scratch folder (default: a temporary one, removed at the end)")
     args = ap.parse_args(argv)
@@ -262,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result["needs"] = project(result)
     print(table(result))
-    write_json(args.json, result)
+    write_json(json_path(args.json, result["meta"]["device"]), result)
     return 0
 
 

@@ -69,3 +69,7 @@ def test_readme_block_renders_the_projection(tmp_path, needs):
     assert "| Sana-600M | 0.59 B | 1,024 | 40 |" in text and "FLUX.1-schnell" in text
     assert "NVIDIA H100 80GB HBM3" in text and "325 ms per training step" in text
     assert "Pending" in block(tmp_path / "nowhere")
+    tiny = tmp_path / "cpu-only/benchmarks/results/pipeline-stages-sana-600m-cpu.json"
+    tiny.parent.mkdir(parents=True)
+    tiny.write_text(json.dumps({**result, "meta": {**result["meta"], "tiny": True}}))
+    assert "Pending" in block(tmp_path / "cpu-only")  # a CPU smoke run is not a measurement
