@@ -160,6 +160,7 @@ def project(result: dict, paper: dict | None = None) -> dict:
                    * m["eval_steps"] * (runs + 1)}
         rows.append({"model": name, "transformer_params": n["transformer"],
                      "pipeline_params": n["pipeline"], "tokens": tok,
+                     "train_static_gib": 16 * n["transformer"] / GIB,
                      "train_gib": (16 * n["transformer"] + ref["train_act_bytes"] * act
                                    * paper["batch"] / ref["batch"]) / GIB,
                      "infer_gib": (4 * (n["pipeline"] + n["transformer"])

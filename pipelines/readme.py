@@ -88,14 +88,15 @@ def needs(root: Path, path: Path | None = None) -> str:
                 "`python -m pipelines.readme`.")
     r = json.loads(path.read_text())
     m, p, ref = r["meta"], r["needs"]["paper_run"], r["needs"]["reference"]
-    rows = ["| model | transformer params | tokens / sample | GPU GiB, train | GPU GiB, calibrate"
+    rows = ["| model | transformer params | tokens / sample | GPU GiB, train (of which weights, "
+            "grads, AdamW) | GPU GiB, calibrate"
             " + evaluate (fp32 pipeline) | disk GB: checkpoint + calibration + teacher + runs |"
             " hours: calibrate + teacher + train + evaluate |", "|---|---|---|---|---|---|---|"]
     for x in r["needs"]["models"]:
         d, h = x["disk_gb"], x["hours"]
         rows.append(
             f"| {x['model']} | {x['transformer_params'] / 1e9:.2f} B | {x['tokens']:,} "
-            f"| {x['train_gib']:.0f} | {x['infer_gib']:.0f} "
+            f"| {x['train_gib']:.0f} ({x['train_static_gib']:.0f}) | {x['infer_gib']:.0f} "
             f"| {d['checkpoint']:.0f} + {d['calibration']:.0f} + {d['teacher']:.0f} + "
             f"{d['runs']:.0f} = **{x['disk_total_gb']:.0f}** "
             f"| {h['calibrate']:.1f} + {h['teacher']:.1f} + {h['train']:.1f} + "
