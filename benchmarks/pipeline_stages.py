@@ -171,7 +171,8 @@ def stage_calls(params) -> list[tuple[str, object]]:
     return calls
 
 
-def run(tiny: bool, workdir: Path) -> dict:
+def run(tiny: bool, workdir: Path, progress=lambda rows: None) -> dict:
+    """Build, save, run every stage; ``progress(rows)`` after each (a crash keeps the rows)."""
     from fraqat.params import parse_params
     from fraqat.pipeline_folder import check_inputs, read_prompts
 
@@ -200,6 +201,7 @@ def run(tiny: bool, workdir: Path) -> dict:
         check_inputs(params)
         for name, call in stage_calls(params):
             rows.append(measured(name, call, device, project))
+            progress(rows)
     finally:
         os.chdir(cwd)
     train = [json.loads((project / f"reports/train/{m}-s0.json").read_text())
@@ -268,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        result = run(args.tiny, workdir)
+        path = json_path(args.json, meta()["device"])
+        result = run(args.tiny, workdir, lambda rows: write_json(path, {
+            "meta": meta(), "complete": False, "stages": rows}))
     from benchmarks.model_needs import project
 
     result["needs"] = project(result)
     print(table(result))
-    write_json(json_path(args.json, result["meta"]["device"]), result)
+    write_json(path, {**result, "complete": True})
     return 0
 
 

@@ -71,10 +71,14 @@ def export(root: Path) -> str:
 
 
 def stages_json(root: Path) -> Path | None:
-    """The GPU run of ``benchmarks/pipeline_stages.py`` the README quotes (newest name last)."""
-    found = [p for p in sorted((root / "benchmarks/results").glob("pipeline-stages-sana-600m-*"
-                                                                 ".json"))
-             if not json.loads(p.read_text())["meta"].get("tiny")]  # a CPU smoke run: no data
+    """The GPU run of ``benchmarks/pipeline_stages.py`` the README quotes (newest name last):
+    a finished one (``needs`` written), not a CPU ``--tiny`` smoke run."""
+    def finished_gpu_run(path: Path) -> bool:
+        r = json.loads(path.read_text())
+        return "needs" in r and not r["meta"].get("tiny")
+
+    found = sorted((root / "benchmarks/results").glob("pipeline-stages-sana-600m-*.json"))
+    found = [p for p in found if finished_gpu_run(p)]
     return found[-1] if found else None
 
 

@@ -37,8 +37,25 @@ def test_pipeline_stages_tiny_measures_every_stage(tmp_path: Path) -> None:
     assert stage["save_pretrained"]["output_bytes"] == res["run"]["checkpoint_bytes"] > 0
     for name in ("calibrate", "teacher", "train qat", "evaluate fp", "report"):
         assert stage[name]["output_bytes"] > 0 and stage[name]["wall_s"] > 0, name
-    assert res["meta"]["device"] == "cpu" and res["meta"]["tiny"] is True
+    assert res["meta"]["device"] == "cpu" and res["meta"]["tiny"] is True and res["complete"]
     assert stage["train qat"]["peak_allocated_gib"] is None  # no CUDA: no memory claimed
     assert res["run"]["train_steps"] == {"ptq": 0, "qat": 6, "fraqat": 6}
     models = [m["model"] for m in res["needs"]["models"]]
     assert models == ["Sana-600M", "Sana-1.6B", "PixArt-Σ", "SD3.5-Medium", "FLUX.1-schnell"]
+
+
+def test_pipeline_stages_keeps_the_rows_of_a_run_that_stops(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import pipeline_stages
+
+    def boom() -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(pipeline_stages, "stage_calls",
+                        lambda params: [("prepare", lambda: None), ("calibrate", boom)])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pipeline_stages.main(["--tiny", "--json", str(tmp_path), "--workdir",
+                              str(tmp_path / "work")])
+    res = json.loads((tmp_path / "pipeline-stages-sana-600m-cpu.json").read_text())
+    assert res["complete"] is False and "needs" not in res
+    assert [s["stage"] for s in res["stages"]] == ["build (random init)", "save_pretrained",
+                                                   "prepare"]

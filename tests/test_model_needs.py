@@ -73,3 +73,7 @@ def test_readme_block_renders_the_projection(tmp_path, needs):
     tiny.parent.mkdir(parents=True)
     tiny.write_text(json.dumps({**result, "meta": {**result["meta"], "tiny": True}}))
     assert "Pending" in block(tmp_path / "cpu-only")  # a CPU smoke run is not a measurement
+    partial = tmp_path / "crashed/benchmarks/results/pipeline-stages-sana-600m-h100.json"
+    partial.parent.mkdir(parents=True)
+    partial.write_text(json.dumps({"meta": result["meta"], "complete": False, "stages": []}))
+    assert "Pending" in block(tmp_path / "crashed")  # rows of a run that stopped midway
