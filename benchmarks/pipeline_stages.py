@@ -10,11 +10,15 @@ scratch folder. A scratch project's params (model ``sana-600m``, ``model_path`` 
 process: prepare, pretrain, calibrate, teacher, tune, train (each method), classifier,
 evaluate (fp + each method), report. Before each stage the CUDA caching allocator is emptied
 and its peak counters reset, so each row's peak (``max_memory_allocated`` / ``_reserved``) is
-that stage's own; ``start`` is what was still allocated when it began. Disk = the bytes of
-the files the stage created or changed under ``data/`` and ``reports/``.
+that stage's own; ``allocated at start`` is what earlier stages still held (the CUDA
+context is in neither). Disk = the bytes of the files the stage created or changed under
+``data/`` and ``reports/``.
 
-    python -m benchmarks.pipeline_stages --json $OUT/pipeline-stages.json   # one GPU, < 7 min
-    python -m benchmarks.pipeline_stages --tiny --json /tmp/t.json          # CPU, 32 px, seconds
+    python -m benchmarks.pipeline_stages --json $OUT/        # one GPU: <dir>/...-h100.json
+    python -m benchmarks.pipeline_stages --tiny --json /tmp/  # CPU, 32 px, under a minute
+
+The JSON is rewritten after every stage (``complete: false`` until the end), so a run that
+stops keeps the rows it finished.
 
 The JSON also holds :func:`benchmarks.model_needs.project`'s estimate for the five models
 (the README's table, ``python -m pipelines.readme``). Random weights: this measures cost, not
@@ -27,7 +31,6 @@ import argparse
 import contextlib
 import gc
 import importlib
-import importlib.util
 import json
 import logging
 import os
