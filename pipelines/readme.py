@@ -70,8 +70,60 @@ def export(root: Path) -> str:
     return "\n".join(rows)
 
 
+def stages_json(root: Path) -> Path | None:
+    """The GPU run of ``benchmarks/pipeline_stages.py`` the README quotes (newest name last):
+    a finished one (``needs`` written), not a CPU ``--tiny`` smoke run."""
+    def finished_gpu_run(path: Path) -> bool:
+        r = json.loads(path.read_text())
+        return "needs" in r and not r["meta"].get("tiny")
+
+    found = sorted((root / "benchmarks/results").glob("pipeline-stages-sana-600m-*.json"))
+    found = [p for p in found if finished_gpu_run(p)]
+    return found[-1] if found else None
+
+
+def needs(root: Path, path: Path | None = None) -> str:
+    """Per-model GPU memory, disk and hours for the paper-size run, from the measured
+    Sana-600M stage run's projection (``benchmarks/model_needs.py``)."""
+    path = path or stages_json(root)
+    if path is None:
+        return ("*Pending the GPU run:* `python -m benchmarks.pipeline_stages --json "
+                "benchmarks/results/pipeline-stages-sana-600m-<card>.json` on one GPU, then "
+                "`python -m pipelines.readme`.")
+    r = json.loads(path.read_text())
+    m, p, ref = r["meta"], r["needs"]["paper_run"], r["needs"]["reference"]
+    rows = ["| model | transformer params | tokens / sample | GPU GiB, train (of which weights, "
+            "grads, AdamW) | GPU GiB, calibrate"
+            " + evaluate (fp32 pipeline) | disk GB: checkpoint + calibration + teacher + runs |"
+            " hours: calibrate + teacher + train + evaluate |", "|---|---|---|---|---|---|---|"]
+    for x in r["needs"]["models"]:
+        d, h = x["disk_gb"], x["hours"]
+        rows.append(
+            f"| {x['model']} | {x['transformer_params'] / 1e9:.2f} B | {x['tokens']:,} "
+            f"| {x['train_gib']:.0f} ({x['train_static_gib']:.0f}) | {x['infer_gib']:.0f} "
+            f"| {d['checkpoint']:.0f} + {d['calibration']:.0f} + {d['teacher']:.0f} + "
+            f"{d['runs']:.0f} = **{x['disk_total_gb']:.0f}** "
+            f"| {h['calibrate']:.1f} + {h['teacher']:.1f} + {h['train']:.1f} + "
+            f"{h['evaluate']:.1f} = **{x['hours_total']:.1f}** |")
+    run = r["run"]
+    source = (f"Scaled from `{path.relative_to(root)}` ({m['device']}, {m['date']}, torch "
+              f"{m['torch']}, diffusers {m['diffusers']}): the Sana-600M pipeline at "
+              f"{run['resolution']} px, batch {ref['batch']}, measured "
+              f"{ref['train_step_s'] * 1e3:.0f} ms per training step (mean over "
+              f"{', '.join(k for k, v in run['train_steps'].items() if v > 0)}, "
+              f"{max(run['train_steps'].values())} steps each, overheads included) and an "
+              f"activation part of {ref['train_act_bytes'] / 2**30:.1f} GiB in training. "
+              f"Assumed paper-size run (the paper's own step count and batch are not in the "
+              f"project's notes): {p['steps']:,} steps of batch {p['batch']} at "
+              f"{p['resolution']} px for each of {p['methods']} methods × {p['seeds']} seed, "
+              f"{p['points']:,} calibration points from {p['prompts']:,} prompts, "
+              f"{p['eval_images']:,} evaluation images per method and FP at the model's usual "
+              f"sampling steps, one GPU.")
+    return "\n".join(rows) + "\n\n" + source
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"results": results, "ablation": ablation,
-                                            "export": export}
+                                            "export": export, "needs": needs}
 
 
 def render(readme: str, root: Path = ROOT) -> str:

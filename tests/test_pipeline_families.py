@@ -68,10 +68,13 @@ def test_dvc_repro_end_to_end(family, tiny_pipeline_dir, tmp_path):
     check_results(repo, family)
     scores = [json.loads((repo / f"reports/eval/{m}-s0.json").read_text())["clip_score"]
               for m in ("fp", "ptq", "qat", "fraqat")]
+    table = pd.read_csv(repo / "reports/comparison.csv").set_index("method")
     if family == "pixart":
         assert all(0 <= s <= 100 for s in scores), scores
+        assert table.loc["qat", "clip_score"] == pytest.approx(scores[2])  # the table's column
+        assert "| CLIP score |" in (repo / "reports/comparison.md").read_text()
     else:
-        assert scores == [None] * 4
+        assert scores == [None] * 4 and "clip_score" not in table.columns
     tune = json.loads((repo / "reports/tune.json").read_text())
     if family == "sd3":
         assert set(tune["chosen"]) >= {"qat", "fraqat"} and tune["losses"]["qat"]["0.001"] > 0

@@ -30,8 +30,10 @@ def test_render_replaces_a_stale_block(tmp_path):
         json.dumps({"verify": export, "sizes": export["sizes"]}))
     stale = ("x\n<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
              "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n"
-             "<!-- export:start -->\nold\n<!-- export:end -->\n")
+             "<!-- export:start -->\nold\n<!-- export:end -->\n"
+             "<!-- needs:start -->\nold\n<!-- needs:end -->\n")
     out = render(stale, tmp_path)
+    assert "Pending the GPU run" in out  # no pipeline-stages JSON in tmp_path
     assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
     assert "| 1.0e-04 (≤ 0.01) | 2.0e-03 | 7.0e-02 | 0 of 10 differ | 1 → 0.125 MiB |" in out
     del export["per_tensor_semantics"]["end_to_end_rel_l2_error"]  # an older export report

@@ -194,3 +194,34 @@ def test_evaluate_then_report_end_to_end(tmp_path, monkeypatch):
     table = pd.read_csv(paths.COMPARISON_CSV)
     assert table["method"].tolist() == ["fp", "ptq", "noise"]
     assert "cannot be tested" in paths.COMPARISON_MD.read_text()
+
+
+def test_clip_score_is_a_column_only_when_measured(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake_project(fraqat_fids=(95.0, 96.0))
+    clip = {"fp": 31.0, "ptq": 27.0, "qat": 30.0, "fraqat": 30.5, "int-progressive": 29.0}
+    for method, score in clip.items():
+        for seed in (0, 1) if method != "fp" else (0,):
+            path = paths.eval_metrics(method, seed)
+            write_json(path, {**json.loads(path.read_text()), "clip_score": score + seed})
+    report.run(_params())
+    table = pd.read_csv(paths.COMPARISON_CSV).set_index("method")
+    columns = list(table.reset_index().columns)
+    assert columns[columns.index("prompt_accuracy") + 1] == "clip_score"
+    assert table.loc["qat", "clip_score"] == pytest.approx(30.5)
+    assert np.isnan(table.loc["noise", "clip_score"])  # its JSON has no score
+    header = paths.COMPARISON_MD.read_text().split("| method |")[1].splitlines()[0]
+    assert "| prompt acc. | CLIP score | teacher PSNR" in header
+    assert json.loads(paths.METRICS.read_text())["clip_score.fraqat"] == pytest.approx(31.0)
+    assert "| fraqat | W4A8 |" in paths.COMPARISON_MD.read_text()
+
+
+def test_no_clip_score_leaves_the_table_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake_project(fraqat_fids=(95.0, 96.0))
+    path = paths.eval_metrics("qat", 0)  # real pipelines without eval.clip_path write null
+    write_json(path, {**json.loads(path.read_text()), "clip_score": None})
+    report.run(_params())
+    assert list(pd.read_csv(paths.COMPARISON_CSV).columns) == report.CSV_COLUMNS
+    assert "CLIP" not in paths.COMPARISON_MD.read_text()
+    assert not any(k.startswith("clip_score") for k in json.loads(paths.METRICS.read_text()))

@@ -110,7 +110,8 @@ def _mean(s: pd.Series) -> float:
 
 
 def comparison_table(evals: pd.DataFrame, train: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Aggregate over seeds: one row per method in ``order`` (then noise), CSV_COLUMNS."""
+    """Aggregate over seeds: one row per method in ``order`` (then noise), CSV_COLUMNS (and
+    ``clip_score`` after ``prompt_accuracy`` when any evaluation has one)."""
     rows = []
     for method in [*order, NOISE]:
         ev = evals[evals["method"] == method]
@@ -124,6 +125,7 @@ def comparison_table(evals: pd.DataFrame, train: pd.DataFrame, order: list[str])
             "n_seeds": len(ev),
             "fid_mean": _mean(ev["fid"]), "fid_std": _std(ev["fid"]),
             "prompt_accuracy": _mean(ev["prompt_accuracy"]),
+            "clip_score": _mean(ev["clip_score"]) if "clip_score" in ev else float("nan"),
             "teacher_psnr_db": _mean(ev["teacher_psnr"]),
             "teacher_mse_mean": _mean(ev["teacher_mse"]),
             "teacher_mse_std": _std(ev["teacher_mse"]),
@@ -135,18 +137,24 @@ def comparison_table(evals: pd.DataFrame, train: pd.DataFrame, order: list[str])
     base = table.loc[table["method"] == BASELINE, "fid_mean"]
     ref = float(base.iloc[0]) if len(base) else float("nan")
     table["fid_delta_pct_vs_qat"] = 100.0 * (table["fid_mean"] - ref) / ref
-    return table[CSV_COLUMNS]
+    columns = list(CSV_COLUMNS)
+    if table["clip_score"].notna().any():  # a real pipeline scored with eval.clip_path
+        columns.insert(columns.index("prompt_accuracy") + 1, "clip_score")
+    return table[columns]
 
 
 def markdown_table(table: pd.DataFrame) -> str:
+    clip = "clip_score" in table.columns
     head = ["method", "W/A bits", "FID (mean ± std)", "Δ% FID vs qat", "prompt acc.",
+            *(["CLIP score"] if clip else []),
             "teacher PSNR dB / MSE", "held-out distill loss", "size MB", "train wall s", "seeds"]
     rows = []
     for r in table.itertuples(index=False):
         delta = "-" if _isnan(r.fid_delta_pct_vs_qat) else f"{r.fid_delta_pct_vs_qat:+.1f}%"
         fidelity = f"{_fmt(r.teacher_psnr_db, 1)} / {_fmt(r.teacher_mse_mean, 3)}"
         rows.append([r.method, r.bits, _fmt(r.fid_mean, 2, r.fid_std), delta,
-                     _fmt(r.prompt_accuracy, 3), fidelity,
+                     _fmt(r.prompt_accuracy, 3), *([_fmt(r.clip_score, 2)] if clip else []),
+                     fidelity,
                      _fmt(r.heldout_loss_mean, 3, r.heldout_loss_std), _fmt(r.model_size_mb, 3),
                      _fmt(r.train_wall_s, 1), str(r.n_seeds)])
     return md_table(head, rows)
@@ -307,11 +315,11 @@ def flat_metrics(table: pd.DataFrame, results: dict[str, dict], reproduced: bool
              "teacher_mse_mean": "teacher_mse", "heldout_loss_mean": "heldout_loss",
              "heldout_loss_std": "heldout_loss_std", "teacher_mse_std": "teacher_mse_std",
              "model_size_mb": "model_size_mb",
-             "train_wall_s": "train_wall_s"}
+             "train_wall_s": "train_wall_s", "clip_score": "clip_score"}
     out: dict[str, float | bool] = {}
     for r in table.to_dict("records"):
         for col, key in names.items():
-            v = r[col]
+            v = r.get(col, float("nan"))
             if not _isnan(v) and math.isfinite(v):
                 out[f"{key}.{r['method']}"] = float(v)
     for metric, res in results.items():
