@@ -18,7 +18,12 @@ rewritten after every run, so whatever finished is kept.
 
     python -m pipelines.regime_gpu --out $OUT/gpu.json           # GPU machine, repo root
     python -m pipelines.regime_gpu --tiny --out /tmp/gpu.json    # the same path, CPU, seconds
+    python -m pipelines.regime_gpu --merge a.json b.json --out reports/regime/gpu.json
     python -m pipelines.regime render                            # adds it to reports/regime
+
+``--merge`` joins the JSON of several calls (one device call is limited to 10 minutes): runs
+are keyed by (cell, method, seed), a finished run wins over a skipped one, and the teachers
+must agree, since each call pretrains them again from the same seed.
 """
 
 from __future__ import annotations
@@ -247,6 +252,36 @@ def teacher_params(project: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
+def merge(results: list[dict]) -> dict:
+    """One result from several calls' JSON; a run finished twice must agree (same seed, same
+    teacher: the runner is deterministic on one device)."""
+    if not results:
+        raise ValueError("nothing to merge")
+    for r in results[1:]:
+        for name, t in r["teachers"].items():
+            mine = results[0]["teachers"].get(name, {})
+            if mine.get("final_loss") != t.get("final_loss"):
+                raise ValueError(f"teacher {name!r} differs between the merged calls "
+                                 f"(final loss {mine.get('final_loss')} vs {t.get('final_loss')})")
+    runs: dict[tuple, dict] = {}
+    for r in results:
+        for run in r["runs"]:
+            key = (run["cell"], run["method"], run["seed"])
+            old = runs.get(key)
+            if old and old["status"] == "ok" and run["status"] == "ok" and \
+                    old["final_target_loss"] != run["final_target_loss"]:
+                raise ValueError(f"run {key} finished twice with different losses")
+            if not old or old["status"] != "ok":
+                runs[key] = run
+    out = dict(results[0])
+    out.update(runs=sorted(runs.values(), key=lambda x: (x["seed"], x["cell"], x["method"])),
+               calls=[{k: r[k] for k in ("started", "elapsed_s", "jobs", "budget_s")}
+                      for r in results],
+               elapsed_s=sum(r["elapsed_s"] for r in results),
+               complete=all(run["status"] == "ok" for run in runs.values()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Regime cells on the GPU machine through the "
                                              "pipeline's stages (no DVC).")
@@ -260,7 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=6, help="train runs at once (default 6)")
     ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir)")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU (tests)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="join these calls' JSON into --out instead of running")
     args = ap.parse_args(argv)
+    if args.merge:
+        merged = merge([json.loads(p.read_text()) for p in args.merge])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        ok = sum(r["status"] == "ok" for r in merged["runs"])
+        print(f"merged {len(args.merge)} calls: {ok}/{len(merged['runs'])} runs ok -> {args.out}")
+        return 0
     profile = yaml.safe_load(args.profile.read_text())
     if args.tiny:
         profile = with_overrides(profile, TINY)

@@ -100,3 +100,29 @@ def test_render_from_csv_with_gpu(tmp_path, monkeypatch) -> None:
     assert regime.main(["render"]) == 0
     md = (regime.OUT / "regime.md").read_text()
     assert md.startswith(render(table).rstrip("\n")) and "## GPU machine" in md
+
+
+def test_regime_map_counts_outcomes_and_names_the_warmup() -> None:
+    import pandas as pd
+
+    from pipelines.regime import regime_map
+
+    def cell(name: str, q: list[float], w: list[float], f: list[float]) -> list[dict]:
+        return [{"cell": name, "method": m, "seed": s, "train.final_target_loss": x,
+                 "train.max_spike": 30.0 if m == "fraqat-late" else 3.0,
+                 "train.diverged": False, "train.final_loss": x, "train.lr": 0.003,
+                 "teacher.max_absmax_over_std": 4.0, "teacher.max_kurtosis": 3.0}
+                for m, xs in (("qat", q), ("qat-warmup", w), ("fraqat-late", f))
+                for s, x in enumerate(xs)]
+
+    df = pd.DataFrame(cell("w4", [1.0, 1.1, 1.05], [0.5, 0.52, 0.51], [0.8, 0.82, 0.81])
+                      + cell("w4-outliers", [2.0, 2.2, 2.1], [2.0, 2.2, 2.1],
+                             [2.0, 2.25, 2.1])
+                      + cell("w3", [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.5, 0.6, 1.2]))
+    md = regime_map({"CPU": summarize(df)})
+    assert md.startswith("## Regime map")
+    assert "3 cells: wins in 1, ties in 1, loses in 0" in md  # w3: +10 % but n.s.
+    assert "confirm in 1." in md and "loses (n.s.)" in md
+    assert "better still in 1 of 1" in md  # the warm-up beats fraqat-late where it wins
+    assert "above standard QAT's in 3 of 3 cells" in md
+    assert "`w4-outliers` (CPU): qat ×2.0" in md

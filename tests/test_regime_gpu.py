@@ -55,3 +55,26 @@ def test_a_failing_stage_is_recorded_with_its_log(tmp_path: Path) -> None:
     assert stage["status"] == "failed" and len(result["stages"]) == 1  # the chain stops
     assert any("data.source: 'cifar'" in line for line in stage["log_tail"])
     assert result["runs"] == [] and json.loads(out.read_text())["complete"] is False
+
+
+def _call(runs: list[tuple[str, int, str, float]], teacher_loss: float = 0.1) -> dict:
+    return {"teachers": {"teacher-0": {"final_loss": teacher_loss}}, "started": "t",
+            "elapsed_s": 10.0, "jobs": 2, "budget_s": 20.0,
+            "runs": [{"cell": "w4-lr3e-3", "method": m, "seed": s, "status": st,
+                      "final_target_loss": loss} for m, s, st, loss in runs]}
+
+
+def test_merge_joins_calls_and_refuses_disagreeing_ones() -> None:
+    import pytest
+
+    from pipelines.regime_gpu import merge
+
+    a = _call([("qat", 0, "ok", 0.5), ("qat", 1, "skipped", float("nan"))])
+    b = _call([("qat", 1, "ok", 0.4), ("qat", 0, "ok", 0.5)])
+    out = merge([a, b])
+    assert [(r["seed"], r["status"]) for r in out["runs"]] == [(0, "ok"), (1, "ok")]
+    assert out["complete"] and out["elapsed_s"] == 20.0 and len(out["calls"]) == 2
+    with pytest.raises(ValueError, match="finished twice"):
+        merge([a, _call([("qat", 0, "ok", 0.6)])])
+    with pytest.raises(ValueError, match="teacher 'teacher-0' differs"):
+        merge([a, _call([], teacher_loss=0.2)])
