@@ -292,6 +292,14 @@ def write_report(cells: pd.DataFrame, sizes: pd.DataFrame,
           "at three points, next to where QAT and the control end.", "", why_markdown(cells), ""]
     if (out / "ablation_probes.png").exists():
         md += ["![probes](ablation_probes.png)", ""]
+    regime = out.parent / "regime" / "regime.md"
+    if regime.exists():  # the paper's regime, written by pipelines.regime
+        body = regime.read_text().split("## Regime map\n", 1)
+        if len(body) == 2:
+            md += ["## Regime map: outliers, lower bits, a high learning rate", "",
+                   "From [`../regime/regime.md`](../regime/regime.md) (`python -m "
+                   "pipelines.regime collect`), where the per-method tables are.", "",
+                   body[1].split("\n## ", 1)[0].strip(), ""]
     if len(sizes):
         plot_sizes(sizes, out / "ablation_sizes.png")
         md += ["## Model size (GPU machine)", "",

@@ -118,12 +118,17 @@ def needs(root: Path, path: Path | None = None) -> str:
               f"{p['resolution']} px for each of {p['methods']} methods × {p['seeds']} seed, "
               f"{p['points']:,} calibration points from {p['prompts']:,} prompts, "
               f"{p['eval_images']:,} evaluation images per method and FP at the model's usual "
-              f"sampling steps, one GPU.")
+              f"sampling steps, one GPU. The evaluate hours are an upper bound: the measured "
+              f"evaluations were 4 images of 4 steps each, pipeline loading included.")
     return "\n".join(rows) + "\n\n" + source
 
 
+def regime(root: Path) -> str:
+    return section((root / "reports/regime/regime.md").read_text(), "Regime map")
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"results": results, "ablation": ablation,
-                                            "export": export, "needs": needs}
+                                            "regime": regime, "export": export, "needs": needs}
 
 
 def render(readme: str, root: Path = ROOT) -> str:

@@ -88,6 +88,13 @@ def test_write_report_writes_markdown_csv_and_plots(tmp_path):
     for name in ("ablation_deltas.png", "ablation_probes.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
         assert f"]({name})" in md  # linked beside the markdown
+    assert "Regime map" not in md  # no regime report yet
+    (out.parent / "regime").mkdir()
+    (out.parent / "regime" / "regime.md").write_text(
+        "# r\n\n## Regime map\n\n| map |\n\n- finding\n\n## CPU cells\n\n| cpu |\n")
+    write_report(cells, pd.DataFrame(), traces, out)
+    md = (out / "ablation.md").read_text()
+    assert "## Regime map: outliers" in md and "- finding" in md and "| cpu |" not in md
 
 
 def test_render_rebuilds_the_report_from_the_committed_csv(tmp_path):

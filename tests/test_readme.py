@@ -19,6 +19,8 @@ def test_render_replaces_a_stale_block(tmp_path):
     (tmp_path / "reports/comparison.md").write_text(
         "# t\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## The paper's claim\n\nclaim text\n")
     (tmp_path / "reports/ablation/ablation.md").write_text("## Finding\n\n- one\n\n## Cells\n")
+    (tmp_path / "reports/regime").mkdir()
+    (tmp_path / "reports/regime/regime.md").write_text("# r\n\n## Regime map\n\n- map\n\n## CPU\n")
     export = {"per_tensor_semantics": {"rel_l2_error": 1e-4, "rel_l2_tolerance": 0.01,
                                        "end_to_end_rel_l2_error": 2e-3,
                                        "layer_input_rel_l2_error": 0.07},
@@ -30,11 +32,13 @@ def test_render_replaces_a_stale_block(tmp_path):
         json.dumps({"verify": export, "sizes": export["sizes"]}))
     stale = ("x\n<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
              "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n"
+             "<!-- regime:start -->\nold\n<!-- regime:end -->\n"
              "<!-- export:start -->\nold\n<!-- export:end -->\n"
              "<!-- needs:start -->\nold\n<!-- needs:end -->\n")
     out = render(stale, tmp_path)
     assert "Pending the GPU run" in out  # no pipeline-stages JSON in tmp_path
     assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
+    assert "<!-- regime:start -->\n- map\n<!-- regime:end -->" in out
     assert "| 1.0e-04 (≤ 0.01) | 2.0e-03 | 7.0e-02 | 0 of 10 differ | 1 → 0.125 MiB |" in out
     del export["per_tensor_semantics"]["end_to_end_rel_l2_error"]  # an older export report
     (tmp_path / "reports/export.json").write_text(json.dumps(export))
