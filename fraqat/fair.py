@@ -5,7 +5,9 @@ A schedule *wins* when it beats tuned QAT by at least ``WIN_PCT`` (the low end o
 4-7 % claim) on both sensitive metrics (held-out distillation loss and sample MSE to the
 teacher), *loses* when it is at least ``WIN_PCT`` worse on one and not that much better on the
 other, and *ties* otherwise. Δ% = (method − qat) / qat, mean over seeds; the interval is the
-paired t-test's over seeds (:func:`fraqat.stats.paired_ttest`).
+paired t-test's over seeds (:func:`fraqat.stats.paired_ttest`). A win or loss whose deciding
+intervals include no change is marked ``(n.s.)``: with two seeds a 4 % mean difference is
+often seed noise, and the verdict says so instead of counting it.
 """
 
 from __future__ import annotations
@@ -56,8 +58,22 @@ def comparisons(evals: pd.DataFrame, methods: list[str], control_of: str) -> lis
         for ref in [BASELINE] + ([control_of] if method in CONTROLS else []):
             res = {m: versus(evals, method, ref, m) for m in SENSITIVE}
             deltas = [r["delta_pct"] if r else None for r in res.values()]
-            rows.append({"method": method, "ref": ref, "results": res, "outcome": outcome(deltas)})
+            label = outcome(deltas)
+            if label in ("wins", "loses") and not confirmed(label, list(res.values())):
+                label += " (n.s.)"
+            rows.append({"method": method, "ref": ref, "results": res, "outcome": label})
     return rows
+
+
+def confirmed(label: str, results: list[dict | None]) -> bool:
+    """Does the paired 95 % interval exclude no change where the outcome is decided? A win
+    needs every metric's interval below 0; a loss needs one ≥ 4 % metric's above 0."""
+    def side(r: dict | None) -> float:  # +1 above 0, -1 below, 0 spanning or unknown
+        ci = r and r.get("ci_pct")
+        return 0.0 if not ci else 1.0 if ci[0] > 0 else -1.0 if ci[1] < 0 else 0.0
+    if label == "wins":
+        return all(side(r) < 0 for r in results)
+    return any(r and r["delta_pct"] >= WIN_PCT and side(r) > 0 for r in results)
 
 
 def tune_markdown(tune: dict) -> str:
@@ -99,7 +115,10 @@ def verdict(rows: list[dict], evals: pd.DataFrame, chosen: dict, control_of: str
         return "**Fair-protocol verdict: cannot be tested** (needs qat and a fractional method)."
     loss = evals.groupby("method")["heldout_distill_loss"].mean()
     best = min(fractional, key=lambda m: loss[m])
-    word = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[vs_qat[best]["outcome"]]
+    label = vs_qat[best]["outcome"]
+    word = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[label.split(" ")[0]]
+    if label.endswith("(n.s.)"):
+        word += " (on the means; the 95 % interval over seeds includes no change)"
     lr = {m: f"lr {chosen[m]:g}" for m in chosen}
     text = [f"**Fair-protocol verdict ({setting}): the best fractional schedule, `{best}` "
             f"({lr.get(best, 'untuned')}), {word} tuned standard QAT ({lr.get(BASELINE, '')})**"
@@ -118,14 +137,14 @@ def verdict(rows: list[dict], evals: pd.DataFrame, chosen: dict, control_of: str
                     f"`{control_of}`'s high-bit stages)" if r["method"] == "qat-warmup" else
                     f"the target-steps control (QAT on `{control_of}`'s target-bit steps "
                     "only, with the same learning-rate values)")
+            base, ns = r["outcome"].split(" ")[0], r["outcome"].endswith("(n.s.)")
             text.append(f"`{r['method']}`, {what}, vs `{control_of}`: {_pair(r)} "
-                        f"({r['outcome'].replace('loses', 'worse').replace('wins', 'better')}"
-                        f"{' than' if r['outcome'] != 'ties' else ''}"
-                        f"{'' if r['outcome'] == 'ties' else ' it'}).")
+                        f"({ {'loses': 'worse than it', 'wins': 'better than it'}.get(base, base)}"
+                        f"{', not confirmed by the interval' if ns else ''}).")
     n = min((x["n"] for r in rows for x in r["results"].values() if x), default=0)
-    text.append(f"Outcomes use the means over {n} seed(s); the 95 % intervals over seeds are "
-                "in the fair-protocol table" + (" and are wide with this few seeds." if n < 5
-                                                 else "."))
+    text.append(f"Outcomes use the means over {n} seed(s), marked (n.s.) where the 95 % "
+                "interval over seeds includes no change" + (
+                    "; with this few seeds the intervals are wide." if n < 5 else "."))
     return " ".join(text)
 
 

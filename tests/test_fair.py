@@ -52,3 +52,18 @@ def test_tune_markdown() -> None:
     md = tune_markdown({"grid": [1e-4, 1e-3], "losses": {"qat": {"0.0001": 0.02, "0.001": 0.01}},
                         "chosen": {"qat": 1e-3}})
     assert "| qat | 0.0200 | 0.0100 | 0.001 (edge) |" in md
+
+
+def test_outcome_not_confirmed_by_the_interval_is_marked() -> None:
+    rows = []
+    for seed, (q, f) in enumerate([(0.010, 0.0125), (0.010, 0.0095), (0.010, 0.012)]):
+        rows += [{"method": "qat", "seed": seed, "heldout_distill_loss": q, "teacher_mse": q},
+                 {"method": "fraqat", "seed": seed, "heldout_distill_loss": f,
+                  "teacher_mse": f}]
+    ev = pd.DataFrame(rows)
+    (row,) = comparisons(ev, ["qat", "fraqat"], "fraqat-late")
+    assert row["results"]["heldout_distill_loss"]["delta_pct"] > 4  # +13 % on the mean...
+    assert row["outcome"] == "loses (n.s.)"  # ...but one seed is better: not confirmed
+    text = verdict([row], ev, {}, "fraqat-late", "W4A8")
+    assert "loses to (on the means; the 95 % interval over seeds includes no change)" in text
+    assert "on both sensitive metrics: none" in text
