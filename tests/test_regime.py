@@ -126,3 +126,11 @@ def test_regime_map_counts_outcomes_and_names_the_warmup() -> None:
     assert "better still in 1 of 1" in md  # the warm-up beats fraqat-late where it wins
     assert "above standard QAT's in 3 of 3 cells" in md
     assert "`w4-outliers` (CPU): qat ×2.0" in md
+    assert "has not been run" in md
+    fair = {f"fair.{k}.fraqat-late_vs_qat.delta_pct": v
+            for k, v in (("heldout_loss", -5.0), ("teacher_mse", -4.5))}
+    assert "`fraqat-late` beat tuned QAT by ≥ 4 % on both" in regime_map(
+        {"CPU": summarize(df)}, fair=fair)
+    fair["fair.teacher_mse.fraqat-late_vs_qat.delta_pct"] = -3.0
+    assert "no fractional schedule (`fraqat-late`) beats" in regime_map(
+        {"CPU": summarize(df)}, fair=fair)
