@@ -25,12 +25,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
-        if tmp.is_file():  # on disk before the rename: a crash leaves the old file or the new
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+        for done in [tmp] if tmp.is_file() else [p for p in tmp.rglob("*") if p.is_file()]:
+            with open(done, "rb") as f:  # on disk before the rename: a crash leaves the old
+                os.fsync(f.fileno())    # output or the new one
         os.chmod(tmp, 0o755 if tmp.is_dir() else 0o644)  # mkdtemp's 0700 is too private
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
+        elif tmp.is_dir() and (path.is_file() or path.is_symlink()):
+            path.unlink()  # a file becoming a folder (tensors that now shard)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
@@ -49,12 +51,48 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+SHARD_BYTES = 2 * 2**30  # larger tensor files are written as row shards
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None,
+                 shard_bytes: int = SHARD_BYTES) -> None:
+    """One safetensors file, or, past ``shard_bytes``, a folder of the same name holding
+    ``k`` files ``shard-i-of-k.safetensors``: every tensor cut along its first dim into ``k``
+    row blocks (0-dim ones in shard 0), each shard with the metadata. Why rows, not
+    keys (as diffusers' ``max_shard_size`` does): a calibration set at 1024 px is one
+    multi-GB ``encoder_hidden_states`` tensor, which key sharding would leave whole."""
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    total = sum(v.numel() * v.element_size() for v in cpu.values())
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata=metadata)
+        if total <= shard_bytes:
+            save_file(cpu, str(tmp), metadata=metadata)
+            return
+        k = -(-total // shard_bytes)
+        tmp.mkdir()
+        pieces = {name: (v.tensor_split(k) if v.dim() else (v,)) for name, v in cpu.items()}
+        for i in range(k):
+            shard = {name: p[i].contiguous() for name, p in pieces.items() if i < len(p)}
+            save_file(shard, str(tmp / f"shard-{i:05d}-of-{k:05d}.safetensors"),
+                      metadata=metadata)
+
+
+def _shards(path: Path) -> list[Path]:
+    return sorted(path.glob("shard-*-of-*.safetensors")) if path.is_dir() else [path]
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """What :func:`save_tensors` wrote, a file or a folder of row shards (concatenated)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for shard in _shards(Path(path)):
+        for name, t in load_file(str(shard)).items():
+            parts.setdefault(name, []).append(t)
+    return {name: p[0] if len(p) == 1 else torch.cat(p) for name, p in parts.items()}
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata :func:`save_tensors` stored (the first shard's, where sharded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(_shards(Path(path))[0]), "pt") as f:
+        return f.metadata() or {}

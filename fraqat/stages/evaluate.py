@@ -36,7 +36,7 @@ from fraqat.distributed import resolve_device
 from fraqat.errors import FraqatError
 from fraqat.fid import Stats, feature_fn, frechet
 from fraqat.flow import noisy
-from fraqat.io import load_tensors, read_json, save_tensors, write_json
+from fraqat.io import load_tensors, read_json, read_metadata, save_tensors, write_json
 from fraqat.models import TextToImage, load_teacher
 from fraqat.modules import quant_layers
 from fraqat.params import EvalParams, Params
@@ -126,10 +126,7 @@ def load_fp_reference(e: EvalParams) -> torch.Tensor:
     hint = "run `fraqat evaluate --method fp --seed 0` first"
     if not path.exists():
         raise FraqatError(f"no fp samples at {path} ({hint})")
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(path)
     want = sample_meta("fp", 0, e)
     for key in ("num_images", "steps", "eval_seed"):
         if meta.get(key) != want[key]:
