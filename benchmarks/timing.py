@@ -79,7 +79,13 @@ def meta() -> dict:
             "torch": torch.__version__, "cuda": torch.version.cuda,
             "triton": version("triton"), "diffusers": version("diffusers"),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python -m"] + sys.argv)}
+            "command": " ".join([_program(), *sys.argv[1:]])}
+
+
+def _program() -> str:
+    """``python -m benchmarks.x`` as typed (``sys.argv[0]`` holds the module's file path)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return f"python -m {spec.name}" if spec else f"python {sys.argv[0]}"
 
 
 def write_json(path: Path | None, data: dict) -> None:
