@@ -38,9 +38,18 @@ def load_checkpoint(folder: Path) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # any unpickling/zip error means the file is unusable
-        raise FraqatError(f"checkpoint {path} is corrupt ({exc.__class__.__name__}); delete it "
-                          "to restart this run from step 0") from None
+        raise corrupt(path, exc.__class__.__name__) from None
+    return checked(state, path)
+
+
+def corrupt(path: Path, why: str) -> FraqatError:
+    """The one line for an unusable checkpoint (single-file or sharded)."""
+    return FraqatError(f"checkpoint {path} is corrupt ({why}); delete it to restart this run "
+                       "from step 0")
+
+
+def checked(state: object, path: Path) -> dict:
+    """``state`` if it has the keys a resume needs, else :func:`corrupt`."""
     if not isinstance(state, dict) or "step" not in state or "fingerprint" not in state:
-        raise FraqatError(f"checkpoint {path} is corrupt (missing step/fingerprint); delete it "
-                          "to restart this run from step 0")
+        raise corrupt(path, "missing step/fingerprint")
     return state

@@ -30,7 +30,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
-from fraqat.errors import FraqatError
+from fraqat.checkpoint import checked, corrupt
 
 PATTERN = re.compile(r"dcp-(\d+)")
 META = "meta.json"
@@ -56,12 +56,8 @@ def read_meta(path: Path) -> dict:
     try:
         meta = json.loads((path / META).read_text())
     except (OSError, ValueError) as exc:
-        raise FraqatError(f"checkpoint {path} is corrupt ({exc.__class__.__name__}); delete it "
-                          "to restart this run from step 0") from None
-    if not isinstance(meta, dict) or "step" not in meta or "fingerprint" not in meta:
-        raise FraqatError(f"checkpoint {path} is corrupt (missing step/fingerprint); delete it "
-                          "to restart this run from step 0")
-    return meta
+        raise corrupt(path, exc.__class__.__name__) from None
+    return checked(meta, path)
 
 
 def save(folder: Path, meta: dict, model: nn.Module, optimizer: Optimizer) -> Path:
