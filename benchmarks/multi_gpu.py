@@ -143,7 +143,7 @@ def run_trainer(args, device: torch.device, quant: bool, steps: int, global_batc
     encoder = PromptEncoder.from_prompts(PROMPTS, dim=(tiny_cfg if args.tiny else cfg)[
         "caption_channels"], max_len=8 if args.tiny else tokens)
     shape = (32, 8, 8) if args.tiny else shape
-    student = TextToImage(build("sana-600m", args.tiny), encoder, shape)
+    student = TextToImage(build("sana-600m", args.tiny), encoder, shape, prompts=PROMPTS)
     g = torch.Generator().manual_seed(1)
     n = 64
     data = DistillData(torch.randn(n, *shape, generator=g), torch.rand(n, generator=g),

@@ -107,6 +107,7 @@ def run_one(job: tuple[str, str, dict, int, dict]) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from fraqat.backends import backend_of
     from fraqat.params import load_params
     from fraqat.train.student import train_student
 
@@ -114,7 +115,7 @@ def run_one(job: tuple[str, str, dict, int, dict]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         student, result = train_student(params, method, seed, Path(tmp) / "ckpt",
-                                        Path(tmp) / "log.tsv")
+                                        Path(tmp) / "log.tsv", source=backend_of(params))
         log_rows = (Path(tmp) / "log.tsv").read_text().splitlines()
     probe = [(int(r.split("\t")[0]), float(r.split("\t")[4])) for r in log_rows[1:]
              if r.split("\t")[4]]

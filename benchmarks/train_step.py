@@ -78,7 +78,8 @@ def build(model: str, smoke: bool, device: str) -> tuple[TextToImage, DistillDat
         cfg = SANA_TINY if smoke else SANA_600M
         tokens, side, ch = (8 if smoke else 300), cfg["sample_size"], cfg["in_channels"]
         student = TextToImage(SanaTransformer2DModel(**cfg),
-                              FixedEncoder(tokens, cfg["caption_channels"]), (ch, side, side))
+                              FixedEncoder(tokens, cfg["caption_channels"]), (ch, side, side),
+                              prompts=PROMPTS)
         shape, batch = (ch, side, side), 2 if smoke else 8
         label = (f"Sana-{'tiny' if smoke else '600M'} config, batch {batch}, "
                  f"{side}x{side}x{ch} latents, {tokens} caption tokens")
@@ -87,7 +88,8 @@ def build(model: str, smoke: bool, device: str) -> tuple[TextToImage, DistillDat
         cfg = FLUX_TINY if smoke else FLUX_REDUCED
         img, txt = (16, 8) if smoke else (4096, 512)
         joint = cfg.get("joint_attention_dim", 4096)
-        student = FluxStudent(FluxTransformer2DModel(**cfg), FixedEncoder(txt, joint), (img, 64))
+        student = FluxStudent(FluxTransformer2DModel(**cfg), FixedEncoder(txt, joint), (img, 64),
+                              prompts=PROMPTS)
         student.pooled = cfg.get("pooled_projection_dim", 768)
         student.img_ids = torch.randn(img, 3, generator=g).to(device)
         student.txt_ids = torch.zeros(txt, 3, device=device)

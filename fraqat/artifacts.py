@@ -29,3 +29,11 @@ def load_calibration() -> dict[str, torch.Tensor]:
         raise FraqatError(f"no calibration set at {paths.CALIBRATION} "
                           "(run `dvc repro calibrate` first)")
     return load_tensors(paths.CALIBRATION)
+
+
+def load_validation() -> dict[str, torch.Tensor]:
+    """The validation set written by ``fraqat calibrate`` (read only by ``tune``)."""
+    if not paths.VALIDATION.exists():
+        raise FraqatError(f"no validation set at {paths.VALIDATION} "
+                          "(run `dvc repro calibrate` first)")
+    return load_tensors(paths.VALIDATION)

@@ -28,10 +28,9 @@ def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
                         datefmt="%H:%M:%S")
     try:
         params = load_params(params_path)
-        if params.model != "tiny-sana":  # a real model's folder and prompts, before any work
-            from fraqat.models.folder import check_inputs
+        from fraqat.backends import backend_of
 
-            check_inputs(params)
+        backend_of(params).check_inputs(params)  # a real model's folder and prompts, up front
         module = importlib.import_module(f"fraqat.stages.{stage}")
         start = time.perf_counter()
         module.run(params, **kwargs)

@@ -31,12 +31,6 @@ from fraqat.models.trajectory import call_options, initial_latents
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def eval_prompts(prompts: Sequence[str], n: int) -> tuple[list[str], torch.Tensor]:
-    """``n`` prompts cycling over the list, and each one's index in it."""
-    labels = torch.arange(n) % len(prompts)
-    return [prompts[int(i)] for i in labels], labels
-
-
 @torch.no_grad()
 def generate(pipe, family: Family, transformer: nn.Module, prompts: Sequence[str],
              seeds: Sequence[int], resolution: int, steps: int, guidance: float | None,

@@ -68,8 +68,6 @@ def pipeline_dir(model: str, model_path: str | None) -> Path:
 
 def check_inputs(params) -> None:
     """All the checks a real model's run needs, before any stage works (one line each)."""
-    if params.model == "tiny-sana":
-        return
     pipeline_dir(params.model, params.model_path)
     read_prompts(params.prompts_path)
     e = params.eval

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fraqat.data import prompt_for
+from fraqat.data import PROMPTS, prompt_for
 from fraqat.errors import FraqatError
 from fraqat.models.families import Family, family_of_transformer, predict
 from fraqat.models.text_encoder import PromptEncoder
@@ -28,12 +28,17 @@ from fraqat.models.text_encoder import PromptEncoder
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A model's transformer class, hub id and kind: ``embedded`` (trained in-project on the
+    digits) or ``pipeline`` (a diffusers pipeline folder); the kind picks its backend
+    (:func:`fraqat.backends.backend_of`)."""
+
     cls_name: str
     hub_id: str | None
+    kind: str = "pipeline"
 
 
 REGISTRY: dict[str, ModelSpec] = {
-    "tiny-sana": ModelSpec("SanaTransformer2DModel", None),
+    "tiny-sana": ModelSpec("SanaTransformer2DModel", None, kind="embedded"),
     "sana-600m": ModelSpec("SanaTransformer2DModel",
                            "Efficient-Large-Model/Sana_600M_1024px_diffusers"),
     "sana-1.6b": ModelSpec("SanaTransformer2DModel",
@@ -133,15 +138,17 @@ def dummy_inputs(transformer: nn.Module, batch: int = 2, seq: int = 4,
 class TextToImage:
     """A transformer + its prompt conditioning, predicting in the family's convention.
 
-    ``encoder`` encodes prompts (the embedded default's learned encoder); a real pipeline's
-    text encoders run once in ``calibrate``, so its model carries ``prompt_table``, the
-    encoded calibration prompts in the family's ``cond_keys`` order, instead.
+    Prompt labels index the model's own prompt list: ``encoder`` encodes ``prompts`` (the
+    embedded default's learned encoder and its digit prompts); a real pipeline's text encoders
+    run once in ``calibrate``, so its model carries ``prompt_table``, the encoded calibration
+    prompts in the family's ``cond_keys`` order, instead.
     """
 
     transformer: Any  # a diffusers ModelMixin (config, save_pretrained), maybe quantized
     encoder: PromptEncoder | None
     sample_shape: tuple[int, int, int]
     prompt_table: tuple[torch.Tensor, ...] | None = None
+    prompts: tuple[str, ...] = ()
 
     @property
     def family(self) -> Family:
@@ -153,9 +160,14 @@ class TextToImage:
                               "the pipeline in `calibrate` (use prompt_table)")
         return self.encoder.encode(prompts)
 
-    def prompt_conditioning(self, prompts: Sequence[str]) -> tuple[torch.Tensor, ...]:
-        """Per-prompt conditioning rows that training indexes by prompt label."""
-        return self.prompt_table if self.prompt_table is not None else self.encode(prompts)
+    def prompt_conditioning(self) -> tuple[torch.Tensor, ...]:
+        """One conditioning row per prompt label: what training indexes by label."""
+        if self.prompt_table is not None:
+            return self.prompt_table
+        if not self.prompts:
+            raise FraqatError("this model has neither a prompt table nor a prompt list to "
+                              "encode (build it with prompts=...)")
+        return self.encode(self.prompts)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
         """Velocity (or noise, for PixArt) at noisy latents ``x`` and time ``t`` (B,) in [0, 1]."""
@@ -199,7 +211,7 @@ def build_tiny_sana(width: int, layers: int, heads: int, prompts: Sequence[str],
     transformer = SanaTransformer2DModel(**tiny_sana_config(width, layers, heads, patch_size,
                                                             image_size))
     encoder = PromptEncoder.from_prompts(prompts, dim=width)
-    return TextToImage(transformer, encoder, (1, image_size, image_size))
+    return TextToImage(transformer, encoder, (1, image_size, image_size), prompts=tuple(prompts))
 
 
 def load_teacher(folder: str | Path) -> TextToImage:
@@ -219,7 +231,7 @@ def load_teacher(folder: str | Path) -> TextToImage:
         return load_pipeline_teacher(info["model"], info["model_path"])
     transformer = SanaTransformer2DModel.from_pretrained(folder / "transformer")
     encoder = PromptEncoder.from_pretrained(folder / "prompt_encoder")
-    model = TextToImage(transformer, encoder, tuple(info["sample_shape"]))
+    model = TextToImage(transformer, encoder, tuple(info["sample_shape"]), prompts=PROMPTS)
     return model.eval()
 
 

@@ -117,7 +117,7 @@ def calibration_set(pipe, family: Family, prompts: Sequence[str], num_samples: i
 def predict_points(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
                    batch_size: int = 64) -> torch.Tensor:
     """``model``'s predictions at stored points, conditioned on its prompt table by label."""
-    table = model.prompt_conditioning([])
+    table = model.prompt_conditioning()
     device = next(model.transformer.parameters()).device
     out = []
     for i in tqdm(range(0, len(t), batch_size), desc="predict", unit="batch", mininterval=2):

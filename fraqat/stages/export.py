@@ -22,7 +22,6 @@ import torch
 
 from fraqat import export, paths
 from fraqat.artifacts import load_calibration
-from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
 from fraqat.io import atomic_path, read_json, write_json
 from fraqat.models.families import batched_inputs
@@ -38,25 +37,16 @@ EXAMPLE_BATCH = 2  # traced batch; the exported batch dimension is dynamic
 
 @torch.no_grad()
 def transformer_inputs(model: TextToImage, calib: dict[str, torch.Tensor],
-                       n: int) -> dict[str, torch.Tensor]:
-    """The first ``n`` calibration samples as the transformer's forward kwargs (t -> 1000 t)."""
-    if n > len(calib["t"]):
-        raise FraqatError(f"export.num_check_samples={n} exceeds the {len(calib['t'])} "
-                          "calibration samples (allowed: 1 to the calibration set size)")
-    hidden, mask = model.encode([prompt_for(y) for y in calib["labels"][:n]])
-    return {"hidden_states": calib["x_t"][:n], "encoder_hidden_states": hidden.detach(),
-            "timestep": calib["t"][:n] * 1000.0, "encoder_attention_mask": mask}
-
-
-def pipeline_inputs(model: TextToImage, calib: dict[str, torch.Tensor],
-                    n: int) -> dict[str, torch.Tensor] | None:
-    """A real pipeline's first ``n`` calibration points as batched transformer kwargs."""
+                       n: int) -> dict[str, torch.Tensor] | None:
+    """The first ``n`` calibration points as the transformer's batched forward kwargs (the
+    model's conditioning rows of their prompt labels); None for a family whose call the
+    export does not trace yet."""
     if n > len(calib["t"]):
         raise FraqatError(f"export.num_check_samples={n} exceeds the {len(calib['t'])} "
                           "calibration samples (allowed: 1 to the calibration set size)")
     labels = calib["labels"][:n]
     return batched_inputs(model.family, model.transformer, calib["x_t"][:n], calib["t"][:n],
-                          tuple(c[labels] for c in model.prompt_conditioning([])))
+                          tuple(c[labels] for c in model.prompt_conditioning()))
 
 
 def skip(params: Params, reason: str) -> None:
@@ -101,10 +91,7 @@ def run(params: Params) -> None:
     run_dir = paths.run_dir(e.method, params.seeds[0])
     model = load_run(run_dir, paths.TEACHER)
     calib = load_calibration()
-    inputs: dict[str, torch.Tensor] | None = None
-    if params.model == "tiny-sana":
-        inputs = transformer_inputs(model, calib, e.num_check_samples)
-    elif (inputs := pipeline_inputs(model, calib, e.num_check_samples)) is None:
+    if (inputs := transformer_inputs(model, calib, e.num_check_samples)) is None:
         skip(params, f"the {model.family.name} transformer's call is not exported yet "
              "(allowed: the sana family and the embedded default)")
         return

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from fraqat import paths
+from fraqat.backends import backend_of
 from fraqat.errors import FraqatError
 from fraqat.io import atomic_path, load_tensors, read_json, write_json, write_text
 from fraqat.models.rectified_flow import seeded_noise
@@ -362,8 +363,7 @@ def run(params: Params) -> None:
           f"space (FID to {first.get('fid_reference') or 'the held-out real digits'}). Mean ± "
           "sample std over seeds; teacher PSNR/MSE against the fp samples from the same "
           "prompts and noise; held-out distillation loss = velocity MSE to the teacher on "
-          + ("fixed noised held-out images." if params.model == "tiny-sana" else
-             f"{params.model}'s own sampling trajectories from held-out noise draws."),
+          + backend_of(params).probe_description(params),
           "", markdown_table(table), "",
           "## The fair protocol: each method at its own learning rate", "",
           f"Every method trains at the peak learning rate that gave it the lowest loss on the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from fraqat import paths
+from fraqat.backends import backend_of
 from fraqat.io import write_json
 from fraqat.params import Params
 from fraqat.quant.layers import QuantConfig
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def run(params: Params, method: str, seed: int) -> None:
     distributed.init_from_env()  # under torchrun: data-parallel over the ranks
     student, result = train_student(params, method, seed, paths.checkpoint_dir(method, seed),
-                                    paths.train_log(method, seed))
+                                    paths.train_log(method, seed), source=backend_of(params))
     if not distributed.is_main():
         return
     result["world_size"] = distributed.world_size()

@@ -12,11 +12,12 @@ import tempfile
 from pathlib import Path
 
 from fraqat import paths
+from fraqat.backends import backend_of
 from fraqat.errors import FraqatError
 from fraqat.io import write_json
 from fraqat.models.registry import load_teacher
 from fraqat.params import Params
-from fraqat.train.student import choose_lr, train_student, tuned_methods, validation_data
+from fraqat.train.student import choose_lr, train_student, tuned_methods
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def run(params: Params) -> None:
         out["chosen"] = {m: params.train.lr for m in methods}
         write_json(paths.TUNE, out)
         return
-    val = validation_data(load_teacher(paths.TEACHER))
+    backend = backend_of(params)
+    val = backend.validation_set(params, load_teacher(paths.TEACHER))
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             losses, stab = {}, {}
@@ -44,7 +46,8 @@ def run(params: Params) -> None:
                 run = Path(tmp) / f"{method}-lr{lr:g}"
                 try:
                     _, result = train_student(tuned, method, params.tune.seed, run / "ckpt",
-                                              run / "log.tsv", lr=lr, probe=val)
+                                              run / "log.tsv", lr=lr, probe=val,
+                                              source=backend)
                 except FraqatError as exc:  # the trainer stops on a non-finite loss
                     log.warning("tune %s lr %g: %s", method, lr, exc)
                     losses[lr], stab[lr] = math.inf, {"diverged": True}

@@ -10,6 +10,7 @@ one call, :func:`load_quantized_transformer`, and swaps into its diffusers pipel
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,7 +33,7 @@ def quantized_copy(teacher: TextToImage, config: QuantConfig) -> TextToImage:
     transformer = quantize_model(copy.deepcopy(teacher.transformer), config)
     share_tensor_quantizers(transformer, dummy_inputs(transformer, batch=1,
                                                       generator=torch.Generator()))
-    return TextToImage(transformer, teacher.encoder, teacher.sample_shape, teacher.prompt_table)
+    return dataclasses.replace(teacher, transformer=transformer)
 
 
 def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: dict) -> None:

@@ -26,16 +26,14 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 
 from fraqat import paths
-from fraqat.artifacts import load_calibration, load_split
 from fraqat.errors import FraqatError
-from fraqat.io import load_tensors, read_json
-from fraqat.models.rectified_flow import noisy, velocity
-from fraqat.models.registry import TextToImage, load_teacher, predict_all
+from fraqat.io import read_json
+from fraqat.models.registry import TextToImage, load_teacher
 from fraqat.params import Params
 from fraqat.quant.layers import QuantConfig, layer_report, set_weight_bits
 from fraqat.schedule import (
@@ -105,54 +103,34 @@ def build_lr(params: Params, method: str, lr: float) -> LRSchedule:
     return make_lr_schedule(t.lr_schedule, lr, build_schedule(params, method), warmup=warmup)
 
 
-def distill_data() -> DistillData:
-    calib = load_calibration()
-    v = load_tensors(paths.TEACHER_OUTPUTS)["v"]
-    return DistillData(calib["x_t"], calib["t"], calib["labels"], v,
-                       target_v=velocity(calib["x0"], calib["noise"]))
+class DistillSource(Protocol):
+    """Where QAT's data comes from: the model's backend (:mod:`fraqat.backends`)."""
 
+    def training_data(self, params: Params) -> DistillData:
+        """The calibration points with the cached teacher outputs."""
 
-def pipeline_distill_sets(calib: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
-                          ) -> tuple[DistillData, DistillData]:
-    """(training, probe) sets of a real pipeline's cache (its probe points: other noise)."""
-    train = DistillData(calib["x_t"], calib["t"], calib["labels"], outputs["v"].float())
-    probe = DistillData(calib["probe_x_t"], calib["probe_t"], calib["probe_labels"],
-                        outputs["probe_v"].float())
-    return train, probe
-
-
-def probe_data(teacher: TextToImage, n: int, seed: int = 4321) -> DistillData:
-    """Held-out images, fixed noise and times, with the FP teacher's velocities."""
-    held = load_split("heldout")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(held.labels), (n,), generator=g)
-    x0, noise, t = held.images[idx], torch.randn(n, *held.images.shape[1:], generator=g), \
-        torch.rand(n, generator=g)
-    calib = {"x_t": noisy(x0, noise, t), "t": t, "labels": held.labels[idx]}
-    return DistillData(calib["x_t"], t, calib["labels"], predict_all(teacher, calib))
+    def probe_set(self, params: Params, teacher: TextToImage) -> DistillData:
+        """Points training never sees, with the teacher's outputs: the default probe."""
 
 
 def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
                   log_path: Path, lr: float | None = None,
-                  probe: DistillData | None = None) -> tuple[TextToImage, dict]:
+                  probe: DistillData | None = None, *,
+                  source: DistillSource) -> tuple[TextToImage, dict]:
     """Quantize the teacher, calibrate activations, run the method's schedule; no outputs.
 
-    ``lr``: the peak learning rate (default: the tuned one); ``probe``: where the loss at the
-    target bits is measured (default: the held-out split). Trains on ``params.device``; the
-    returned student is back on the CPU.
+    ``source``: the training data and the default probe (the model's backend); ``lr``: the
+    peak learning rate (default: the tuned one); ``probe``: where the loss at the target bits
+    is measured (default: the source's). Trains on ``params.device``; the returned student is
+    back on the CPU.
     """
     torch.manual_seed(seed)
     device = distributed.resolve_device(params.device)
     teacher = load_teacher(paths.TEACHER)
     t = params.train
-    if params.model == "tiny-sana":
-        cached_probe, data = None, distill_data()
-    else:  # a real pipeline: both from the cache; its text encoders and VAE never load
-        data, cached_probe = pipeline_distill_sets(load_calibration(),
-                                                   load_tensors(paths.TEACHER_OUTPUTS))
+    data = source.training_data(params)
     if probe is None:
-        probe = cached_probe if cached_probe is not None else probe_data(teacher,
-                                                                          t.probe_samples)
+        probe = source.probe_set(params, teacher)
     probe = probe.to(device)  # before the shared encoder moves
     lr = tuned_lr(params, method) if lr is None else lr
     data = data.to(device)
@@ -185,12 +163,3 @@ def choose_lr(losses: dict[float, float]) -> float:
         raise FraqatError(f"every learning rate of the grid diverged ({sorted(losses)}); "
                           "lower tune.lr_grid")
     return min(finite, key=lambda lr: (finite[lr], lr))
-
-
-def validation_data(teacher: TextToImage) -> DistillData:
-    """The validation triples (train images QAT never sees) with the teacher's velocities."""
-    if not paths.VALIDATION.exists():
-        raise FraqatError(f"no validation set at {paths.VALIDATION} "
-                          "(run `dvc repro calibrate` first)")
-    val = load_tensors(paths.VALIDATION)
-    return DistillData(val["x_t"], val["t"], val["labels"], predict_all(teacher, val))

@@ -26,7 +26,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fraqat.data import PROMPTS
 from fraqat.errors import FraqatError
 from fraqat.io import atomic_path
 from fraqat.models.registry import TextToImage
@@ -140,8 +139,8 @@ class Trainer:
         self._bits: object = ()  # bits last set on the model (set only on change)
         self.last_good = 0
         self.rows: list[dict] = []
-        with torch.no_grad():  # the encoder is frozen: encode the prompt set once
-            self._cond = student.prompt_conditioning(list(PROMPTS))
+        with torch.no_grad():  # the encoder is frozen: encode its prompt list once
+            self._cond = student.prompt_conditioning()
 
     def loss_on(self, data: DistillData, idx: torch.Tensor) -> torch.Tensor:
         pred = self.student.predict(data.x_t[idx], data.t[idx], *self.cond_batch(data.labels[idx]))
@@ -299,7 +298,7 @@ def calibrate(student: TextToImage, data: DistillData, batch_size: int = 256,
               num_batches: int = 4) -> int:
     """Observe activation ranges on the first calibration batches, then freeze them."""
     with torch.no_grad():
-        cond_all = student.prompt_conditioning(list(PROMPTS))
+        cond_all = student.prompt_conditioning()
 
     def forward(model, sl):
         labels = data.labels[sl]

@@ -54,7 +54,7 @@ def test_predict_equals_the_pipelines_own_call(name, tiny_pipeline_dir):
     with torch.no_grad():
         ours = predict(family, pipe.transformer, x, t, cond)
         model = TextToImage(pipe.transformer, None, shape, prompt_table=cond)
-        via_model = model.predict(x, t, *model.prompt_conditioning([]))
+        via_model = model.predict(x, t, *model.prompt_conditioning())
     want = families.unpack(out, *shape[1:]) if name == "flux" else out[:, : shape[0]]
     # same inputs, same call: equal up to float reassociation of the re-encoded prompts
     torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)

@@ -31,7 +31,8 @@ def make_trainer(tmp: Path, device: str, cuda_graphs: str, autocast: str = "off"
                  schedule=SCHEDULE, checkpoint_every: int = 100) -> Trainer:
     torch.manual_seed(0)
     transformer = SanaTransformer2DModel(**tiny_sana_config(width=32, layers=2, heads=2))
-    student = TextToImage(transformer, PromptEncoder.from_prompts(PROMPTS, 32), (1, 8, 8))
+    student = TextToImage(transformer, PromptEncoder.from_prompts(PROMPTS, 32), (1, 8, 8),
+                          prompts=PROMPTS)
     quantize_model(student.transformer, QuantConfig(weight_bits=8.0, granularity="channel"))
     g = torch.Generator().manual_seed(1)
     n = 64

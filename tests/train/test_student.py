@@ -7,10 +7,10 @@ import math
 
 import pytest
 
+from fraqat.backends.embedded import split_validation
 from fraqat.errors import FraqatError
 from fraqat.params import parse_params
 from fraqat.schedule import first_target_step, make_lr_schedule, steps_at_target
-from fraqat.stages.calibrate import split_validation
 from fraqat.train.student import build_lr, build_schedule, choose_lr, train_steps, tuned_methods
 
 

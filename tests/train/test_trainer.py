@@ -113,14 +113,15 @@ def test_corrupt_checkpoint_is_reported_in_one_line(project):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(project, monkeypatch):
     monkeypatch.chdir(project)
+    from fraqat.backends.embedded import EmbeddedBackend
     from fraqat.models.registry import load_teacher
+    from fraqat.params import Params
     from fraqat.quant.layers import QuantConfig
     from fraqat.schedule import make_schedule
     from fraqat.train.runs import quantized_copy
-    from fraqat.train.student import distill_data
     from fraqat.train.trainer import TrainConfig, Trainer, calibrate
 
-    data = distill_data()
+    data = EmbeddedBackend().training_data(Params())
     student = quantized_copy(load_teacher(paths.TEACHER), QuantConfig())
     calibrate(student, data)
     folder = project / "nan-ckpt"
