@@ -307,3 +307,40 @@ def test_a_bad_input_of_a_real_model_is_one_line(case, tiny_pipeline_dir, tmp_pa
     line = one_line(CliRunner().invoke(app, ["calibrate"]))
     assert line.startswith("fraqat calibrate: " + says.format(pipe=pipe, tmp=tmp_path)), line
     assert snapshot(tmp_path) == before and earlier.read_bytes() == b"an earlier output"
+
+
+def test_the_advice_names_the_stage_dvc_yaml_says_writes_the_file(project, monkeypatch):
+    from fraqat.checked import stage_writing
+
+    monkeypatch.chdir(project)
+    assert {p: stage_writing(p) for p in (
+        "data/teacher_outputs.safetensors", "data/calibration.safetensors/shard-00000-of-00002"
+        ".safetensors", "data/runs/qat-s0/model.safetensors", "data/samples/fp-s0.safetensors",
+        "reports/tune.json", "params.yaml")} == {
+        "data/teacher_outputs.safetensors": "teacher",
+        "data/calibration.safetensors/shard-00000-of-00002.safetensors": "calibrate",
+        "data/runs/qat-s0/model.safetensors": "train@qat-0",
+        "data/samples/fp-s0.safetensors": "evaluate-teacher",
+        "reports/tune.json": "tune", "params.yaml": None}
+    monkeypatch.chdir(project.parent)  # outside any DVC repo: no advice to give
+    assert stage_writing("repo/data/teacher_outputs.safetensors") is None
+
+
+@pytest.mark.slow
+def test_a_real_fraqat_process_prints_only_the_line(project):
+    """As a user runs it: the stage's own stderr ends with the line, exit code 2."""
+    import subprocess
+    import sys
+
+    from tests.tiny import env_for
+
+    with restored(project, str(paths.TEACHER_OUTPUTS)):
+        cut(project / paths.TEACHER_OUTPUTS)
+        before = snapshot(project)
+        proc = subprocess.run([sys.executable, "-m", "fraqat.cli", *TRAIN_QAT], cwd=project,
+                              env=env_for(project), capture_output=True, text=True)
+        assert snapshot(project) == before
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == PROJECT_CASES["truncated-teacher-outputs"][3]
+    assert [x for x in proc.stderr.splitlines() if x.startswith("fraqat ")] == \
+        [PROJECT_CASES["truncated-teacher-outputs"][3]]
