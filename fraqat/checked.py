@@ -52,7 +52,7 @@ def bad_file(path: str | Path, problem: str, todo: str | None = None) -> BadFile
     if todo is None:
         stage = stage_writing(path)
         todo = f"rebuild it with `dvc repro {stage}`" if stage else \
-            "rerun the fraqat stage that writes it"
+            "rerun the stage that writes it (dvc.yaml names it)"
     return BadFileError(f"{path}: {problem}; {todo}")
 
 

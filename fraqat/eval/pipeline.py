@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fraqat.checked import open_image
+from fraqat.checked import from_pretrained, open_image
 from fraqat.errors import FraqatError
 from fraqat.eval.fid import FeatureFn, classifier_features, extract_clean, load_inception
 from fraqat.models.families import Family
@@ -106,12 +106,9 @@ def clip_scorer(path: str | Path):
     if not Path(path).is_dir():
         raise FraqatError(f"eval.clip_path={str(path)!r} is not a folder (allowed: a local "
                           "transformers CLIP model + processor folder, or null)")
-    try:
-        model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
-        processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise FraqatError(f"eval.clip_path={str(path)!r} holds no CLIP model and processor "
-                          f"({exc.__class__.__name__})") from None
+    todo = "point eval.clip_path at a transformers CLIP model + processor folder, or null"
+    model = from_pretrained(CLIPModel, path, todo, local_files_only=True).eval()
+    processor = from_pretrained(CLIPProcessor, path, todo, local_files_only=True)
 
     @torch.no_grad()
     def score(images: torch.Tensor, prompts: Sequence[str], batch_size: int = 32

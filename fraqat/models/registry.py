@@ -76,19 +76,13 @@ def load_transformer(name: str, model_path: str | None = None,
     subfolder: str | None = "transformer"
     if local.is_dir() and (local / "config.json").exists():
         subfolder = None
+    offline = "" if allow_download else " (offline: nothing is downloaded)"
+    todo = (f"set model_path in params.yaml to a local copy of "
+            f"{REGISTRY[name].hub_id or 'the model'} for model {name!r}{offline}")
     if local.is_dir():
-        check_component(local / (subfolder or ""), f"point model_path at a complete copy of "
-                        f"{REGISTRY[name].hub_id or 'the model'}", listed_in=str(local))
-    try:
-        return cls.from_pretrained(where, subfolder=subfolder, local_files_only=not allow_download)
-    except (OSError, ValueError) as exc:
-        looked = str(local / "transformer") if subfolder and local.is_dir() else where
-        hint = "" if allow_download else " (offline: local_files_only=True)"
-        raise FraqatError(
-            f"model {name!r}: no {cls.__name__} weights found at {looked!r}{hint}; set model_path "
-            f"in params.yaml to a local copy of {REGISTRY[name].hub_id or 'the model'} "
-            f"(a diffusers folder with transformer/config.json) [{exc.__class__.__name__}]"
-        ) from None
+        check_component(local / (subfolder or ""), todo, listed_in=str(local))
+    return from_pretrained(cls, where, todo, subfolder=subfolder,
+                           local_files_only=not allow_download)
 
 
 def tiny_sana_config(width: int = 64, layers: int = 2, heads: int = 2,
