@@ -344,3 +344,16 @@ def test_a_real_fraqat_process_prints_only_the_line(project):
     assert proc.stderr.strip().splitlines()[-1] == PROJECT_CASES["truncated-teacher-outputs"][3]
     assert [x for x in proc.stderr.splitlines() if x.startswith("fraqat ")] == \
         [PROJECT_CASES["truncated-teacher-outputs"][3]]
+
+
+def test_a_failed_stage_task_carries_the_stages_line():
+    from pipelines.flows import StageError, _fail
+
+    line = "fraqat prepare: /x/prompts.txt: not UTF-8 text (byte 0xc8 at offset 0); save it"
+    out = f"Running stage 'prepare':\n> fraqat prepare\n{line}\nERROR: failed to reproduce " \
+          "'prepare': failed to run: fraqat prepare, exited with 2"
+    assert str(_fail("dvc repro prepare", 255, out)) == line
+    crash = "Traceback (most recent call last):\nKeyError: 'v'\nERROR: failed to reproduce 'x'"
+    err = _fail("dvc repro x", 255, crash)
+    assert type(err) is StageError and str(err) == \
+        "dvc repro x exited with 255: KeyError: 'v' / ERROR: failed to reproduce 'x'"
