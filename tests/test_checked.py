@@ -357,3 +357,26 @@ def test_a_failed_stage_task_carries_the_stages_line():
     err = _fail("dvc repro x", 255, crash)
     assert type(err) is StageError and str(err) == \
         "dvc repro x exited with 255: KeyError: 'v' / ERROR: failed to reproduce 'x'"
+
+
+@pytest.mark.slow
+def test_dvc_repro_of_a_stage_reading_a_bad_output_gives_the_line(project):
+    """``dvc repro --single-item`` (as the flow runs it) leaves upstream alone: the stage meets
+    the truncated cache and DVC's error follows the stage's line, which says what to rebuild."""
+    import subprocess
+    import sys
+
+    from tests.tiny import env_for
+
+    with restored(project, str(paths.TEACHER_OUTPUTS)):
+        cut(project / paths.TEACHER_OUTPUTS)
+        before = snapshot(project)
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item",
+                               "train@qat-0"], cwd=project, env=env_for(project),
+                              capture_output=True, text=True)
+        assert snapshot(project) == before
+    out = (proc.stdout + proc.stderr).splitlines()
+    assert proc.returncode != 0 and not any("Traceback" in x for x in out), out[-20:]
+    i = out.index(PROJECT_CASES["truncated-teacher-outputs"][3])
+    assert out[i + 1].startswith("ERROR: failed to reproduce 'train@qat-0'") and \
+        out[i + 1].endswith("exited with 2")
