@@ -58,7 +58,12 @@ def bad_file(path: str | Path, problem: str, todo: str | None = None) -> BadFile
 
 def _why(exc: BaseException) -> str:
     """``Type: first sentence`` of an exception, short enough for one line."""
-    text = " ".join(str(exc).split())
+    failures = getattr(exc, "failures", None)  # torch.distributed.checkpoint: each rank's error
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        exc = first[0] if isinstance(first, tuple) else first
+    lines = str(exc).split("Traceback (most recent call last)")[0].split()
+    text = " ".join(lines)
     text = re.split(r"(?<=[^.])\.\s", text, maxsplit=1)[0]
     text = text if len(text) <= 160 else text[:157] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -73,7 +78,10 @@ def reading(path: str | Path, kind: str, todo: str | None = None) -> Iterator[No
         raise
     except FileNotFoundError:
         raise bad_file(path, "missing", todo) from None
-    except Exception as exc:  # every parser has its own errors; all mean "unusable file"
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # every parser has its own errors (DCP's derive from
+        # BaseException); all mean "unusable file"
         raise bad_file(path, f"not a readable {kind} ({_why(exc)})", todo) from None
 
 

@@ -117,6 +117,24 @@ def test_a_checkpoint_cut_in_half_is_one_line(tmp_path):
         load_torch(path, "delete it")
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_sharded_checkpoint_with_a_shard_cut_short_is_one_line(tmp_path):
+    """DCP's own error derives from BaseException and wraps each rank's: still one line."""
+    from fraqat.train import sharded_checkpoint
+
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = sharded_checkpoint.save(tmp_path, {"step": 3, "fingerprint": "x"}, model, opt)
+    (shard,) = path.glob("*.distcp")
+    cut(shard)
+    with pytest.raises(BadFileError) as err:
+        sharded_checkpoint.load(path, model, opt)
+    assert str(err.value) == (f"{path}: not a readable sharded checkpoint (EOFError); delete "
+                              f"{path} to resume from an earlier checkpoint or step 0")
+
+
 def test_an_empty_reference_folder_is_one_line(tmp_path):
     with pytest.raises(BadFileError, match=r"holds 0 image files \(needs >= 2 .png"):
         image_files(tmp_path, (".png",), "add images")
