@@ -148,12 +148,14 @@ class PipelineBackend:
 
     def training_data(self, params: Params) -> DistillData:
         """From the cache: the text encoders and VAE never load in training."""
-        calib, outputs = load_calibration(), load_tensors(paths.TEACHER_OUTPUTS)
+        calib = load_calibration()
+        outputs = load_tensors(paths.TEACHER_OUTPUTS, ("v", "probe_v"))
         return DistillData(calib["x_t"], calib["t"], calib["labels"], outputs["v"].float())
 
     def probe_set(self, params: Params, teacher: TextToImage) -> DistillData:
         """The calibration set's probe points (other noise draws), from the cache."""
-        calib, outputs = load_calibration(), load_tensors(paths.TEACHER_OUTPUTS)
+        calib = load_calibration()
+        outputs = load_tensors(paths.TEACHER_OUTPUTS, ("v", "probe_v"))
         return DistillData(calib["probe_x_t"], calib["probe_t"], calib["probe_labels"],
                            outputs["probe_v"].float())
 

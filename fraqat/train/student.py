@@ -84,7 +84,7 @@ def tuned_lr(params: Params, method: str) -> float:
     key = params.schedule.control_of if method == "qat-target-steps" else method
     if not params.tune.lr_grid or method == "ptq":
         return params.train.lr
-    chosen = read_json(paths.TUNE)["chosen"] if paths.TUNE.exists() else {}
+    chosen = read_json(paths.TUNE, ("chosen",))["chosen"] if paths.TUNE.exists() else {}
     if key not in chosen:
         raise FraqatError(f"no tuned learning rate for {key} in {paths.TUNE} "
                           "(run `dvc repro tune` first)")
