@@ -11,7 +11,7 @@ import torch
 from fraqat import paths
 from fraqat.data import ImageSet
 from fraqat.errors import FraqatError
-from fraqat.io import load_tensors
+from fraqat.io import load_tensors, read_json
 
 
 def load_split(name: str) -> ImageSet:
@@ -29,3 +29,9 @@ def load_calibration() -> dict[str, torch.Tensor]:
         raise FraqatError(f"no calibration set at {paths.CALIBRATION} "
                           "(run `dvc repro calibrate` first)")
     return load_tensors(paths.CALIBRATION)
+
+
+def load_tuned_lrs() -> dict[str, float]:
+    """The learning rate ``fraqat tune`` chose per method (empty before ``tune`` has run:
+    a method that needs one then stops with one line, see ``train.student.peak_lr``)."""
+    return dict(read_json(paths.TUNE)["chosen"]) if paths.TUNE.exists() else {}
