@@ -5,6 +5,7 @@ A bad file stops with exit code 2 and one line ``params.yaml: <key>: <problem> (
 
 from __future__ import annotations
 
+import copy
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -245,11 +246,18 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"params.yaml: not valid YAML ({exc.__class__.__name__})") from None
-    for key, value in (overrides or {}).items():
-        node = raw
+    return parse_params(with_overrides(raw, overrides or {}))
+
+
+def with_overrides(raw: dict, overrides: Mapping[str, Any]) -> dict:
+    """A copy of ``raw`` with dotted ``overrides`` set (as ``dvc exp run -S a.b=v`` does);
+    missing parents become mappings."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node = out
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return parse_params(raw)
+    return out
 

@@ -66,10 +66,10 @@ def test_validation_split_is_disjoint(n: int, fraction: float) -> None:
 
 def test_tune_chooses_on_validation_and_train_uses_it(tmp_path, monkeypatch) -> None:
     from fraqat import paths
+    from fraqat.artifacts import load_tuned_lrs
     from fraqat.io import read_json
     from fraqat.params import load_params
     from fraqat.stages import tune
-    from fraqat.artifacts import load_tuned_lrs
     from fraqat.train.student import peak_lr
     from tests.tiny import make_tiny_project
 
