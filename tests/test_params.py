@@ -125,3 +125,17 @@ def test_quant_config_from_params() -> None:
     assert cfg.weight_bits == 4.5 and cfg.act_bits == p.act_bits
     assert cfg.keep_8bit == ["proj_out"] and cfg.granularity == p.quant.granularity
     assert QuantConfig.from_params(p, weight_bits=8).weight_bits == 8
+
+
+def test_quant_config_is_the_bits_plus_the_quant_section() -> None:
+    """The library's own defaults are the schema's: QuantConfig() quantizes as params.yaml."""
+    import dataclasses
+
+    from fraqat.params import QuantParams
+    from fraqat.quant.core import GRANULARITIES
+
+    config = {f.name: getattr(QuantConfig(), f.name) for f in dataclasses.fields(QuantConfig)}
+    bits = {"weight_bits": Params().bits, "act_bits": Params().act_bits}
+    assert config == {**bits, **QuantParams().model_dump()}
+    assert QuantConfig.from_params(Params()) == QuantConfig()
+    assert QuantParams.model_fields["granularity"].annotation.__args__ == GRANULARITIES
