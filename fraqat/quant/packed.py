@@ -18,6 +18,7 @@ fake-quant model's bit for bit (:func:`convert_model` checks every weight while 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -171,3 +172,16 @@ def empty_packed(model: nn.Module, specs: dict[str, dict[str, Any]],
 
 def packed_layers(model: nn.Module) -> list[tuple[str, PackedWeight]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PackedWeight)]
+
+
+def bits_per_weight(specs: dict[str, dict[str, Any]]) -> float:
+    """Stored bits per quantized weight: packed codes + fp32 scales (+ int32 zero points)."""
+    stored = weights = 0
+    for s in specs.values():
+        numel = math.prod(s["shape"])
+        groups = ops.num_groups(tuple(s["shape"]), s["granularity"], s["group_size"])
+        c = s["container"]
+        stored += 8 * packing.packed_numel(numel, c) * packing.STORAGE[c].itemsize
+        stored += 32 * groups * (1 if s["symmetric"] else 2)
+        weights += numel
+    return stored / max(weights, 1)

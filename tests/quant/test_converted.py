@@ -17,7 +17,7 @@ from fraqat.quant.layers import QuantConfig, calibrate_activations, quantize_mod
 from fraqat.quant.packed import PackedConv2d, PackedLinear, convert_model, packed_layers
 from fraqat.quant.tensor_quantizers import plan_of
 from fraqat.train.runs import quantized_copy
-from tests.train.test_runs import PROMPTS, _images
+from tests.train.test_runs import _images
 
 
 @pytest.mark.parametrize(("qmin", "qmax"), [(-7, 7), (0, 15), (-5, 5), (-127, 127), (0, 300)])
@@ -81,8 +81,9 @@ def test_converted_sana_loads_in_one_call_and_generates_the_same_images(tiny_pip
     save_converted(tmp_path / "conv", student, specs, {"method": "x"})
     assert stat.S_IMODE((tmp_path / "conv" / WEIGHTS).stat().st_mode) == 0o644
 
-    import fraqat
     from diffusers import SanaPipeline
+
+    import fraqat
 
     loaded = fraqat.load_converted(tmp_path / "conv")
     assert type(loaded).__name__ == "SanaTransformer2DModel"
