@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params, method: str, seed: int) -> None:
-    distributed.init_from_env()  # under torchrun: data-parallel over the ranks
+    distributed.init_from_env(params.device)  # under torchrun: data-parallel over the ranks
     student, result = train_student(params, method, seed, paths.checkpoint_dir(method, seed),
                                     paths.train_log(method, seed))
     if not distributed.is_main():
