@@ -113,3 +113,16 @@ def test_interleaved_rounds_rotate_the_order() -> None:
                         timer=timer)
     assert calls == list("abcbcacab")
     assert [len(r) for r in times["a"]] == [2, 2, 2]
+
+
+@pytest.mark.slow
+def test_converted_inference_tiny_equals_fake_quant_and_is_smaller(tmp_path: Path) -> None:
+    from benchmarks import converted_inference
+
+    out = tmp_path / "ci.json"
+    assert converted_inference.main(["--tiny", "--rounds", "1", "--reps", "1", "--torchao", "",
+                                     "--json", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["fraqat-w4a8"]["rel_l2_vs_fake_quant"] == 0.0  # the CPU: the same arithmetic
+    assert rows["fraqat-w4a8"]["disk_bytes"] < rows["bf16"]["disk_bytes"]
+    assert rows["fraqat-w4a8"]["samples"] == 1 and "x_bf16" in rows["fraqat-w4a8"]
