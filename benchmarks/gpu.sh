@@ -15,10 +15,10 @@ export PYTHONUNBUFFERED=1
   timeout 140 python -m benchmarks.converted_inference --json "$out/inference.json" 2>&1 \
     | grep -v Warning | tail -14
   echo "== trainer step, interleaved: $runs"
-  timeout 250 python -m benchmarks.train_step --runs "$runs" --json "$out/train_step.json" \
+  timeout 330 python -m benchmarks.train_step --runs "$runs" --json "$out/train_step.json" \
     2>&1 | tail -12
   echo "== GPU tests"
-  timeout 140 python -m pytest -q -p no:cacheprovider --durations=5 tests/quant/test_kernels.py \
+  timeout 300 python -m pytest -q -p no:cacheprovider --durations=5 tests/quant/test_kernels.py \
     tests/quant/test_ops.py tests/train/test_step.py tests/train/test_sharding.py \
     tests/train/test_distributed.py 2>&1 | tail -25
   nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv
