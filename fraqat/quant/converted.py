@@ -28,8 +28,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fraqat import checked
+from fraqat.checked import bad_file, reading, require, require_keys
 from fraqat.errors import FraqatError
-from fraqat.io import atomic_path, read_json, write_json
+from fraqat.io import atomic_path, write_json
 from fraqat.quant.packed import empty_packed, packed_layers
 from fraqat.quant.tensor_quantizers import TensorPlan, apply_plan, plan_of
 
@@ -56,13 +58,13 @@ def save_converted(folder: str | Path, transformer: nn.Module, specs: dict[str, 
 
 def _check_folder(folder: Path) -> dict:
     for name in (CONFIG, QUANT_CONFIG, WEIGHTS):
-        if not (folder / name).is_file():
-            raise FraqatError(f"no {name} in {folder} (allowed: a folder written by "
-                              "`fraqat convert`, e.g. data/converted)")
-    info = read_json(folder / QUANT_CONFIG)
-    if info.get("format") != FORMAT:
-        raise FraqatError(f"{folder / QUANT_CONFIG}: format {info.get('format')!r} is not "
-                          f"read by this fraqat (allowed: {FORMAT})")
+        require(folder / name, f"{name} of a converted model written by `fraqat convert`")
+    info = checked.read_json(folder / QUANT_CONFIG, ("format",))
+    if info["format"] != FORMAT:
+        raise bad_file(folder / QUANT_CONFIG, f"format {info['format']!r} is not read by this "
+                       f"fraqat (allowed: {FORMAT})")
+    require_keys(folder / QUANT_CONFIG, info, ("layers", "tensor_quantizers", "act_bits",
+                                                 "act_symmetric"), f"a {FORMAT} config")
     return info
 
 
@@ -83,14 +85,15 @@ def load_converted(folder: str | Path, device: str | torch.device | None = None)
 
     folder = Path(folder)
     info = _check_folder(folder)
-    arch = read_json(folder / CONFIG)
+    arch = checked.read_json(folder / CONFIG, ("_class_name",))
     transformer = _architecture(getattr(diffusers, arch["_class_name"]), arch)
     empty_packed(transformer, info["layers"],
                  {"bits": info["act_bits"], "symmetric": info["act_symmetric"]})
     plan = info["tensor_quantizers"]
     apply_plan(transformer, TensorPlan(groups=plan["groups"], write_back=plan["write_back"]))
-    state = load_file(str(folder / WEIGHTS), device=str(device or "cpu"))
-    transformer.load_state_dict(state, assign=True)
+    with reading(folder / WEIGHTS, f"weights file of this converted {arch['_class_name']}"):
+        state = load_file(str(folder / WEIGHTS), device=str(device or "cpu"))
+        transformer.load_state_dict(state, assign=True)
     meta = [n for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]
             if t.is_meta]
     if meta:

@@ -97,9 +97,18 @@ def test_converted_sana_loads_in_one_call_and_generates_the_same_images(tiny_pip
 
 
 def test_missing_or_foreign_folder_is_one_line(tmp_path):
-    with pytest.raises(FraqatError, match="no config.json"):
+    with pytest.raises(FraqatError, match="config.json: missing"):
         load_converted(tmp_path)
     for name in ("config.json", "quantization_config.json", "model.safetensors"):
-        (tmp_path / name).write_text("{}")
-    with pytest.raises(FraqatError, match="format None is not read"):
+        (tmp_path / name).write_text('{"format": "other", "_class_name": "SanaTransformer2DModel"}')
+    with pytest.raises(FraqatError, match="format 'other' is not read"):
         load_converted(tmp_path)
+
+
+def test_truncated_weights_are_one_line(tiny_pipeline_dir, tmp_path):
+    _, student = _tiny_sana(tiny_pipeline_dir)
+    save_converted(tmp_path / "conv", student, convert_model(student), {})
+    weights = tmp_path / "conv" / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(FraqatError, match="model.safetensors: not a readable weights file"):
+        load_converted(tmp_path / "conv")
