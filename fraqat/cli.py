@@ -121,6 +121,12 @@ def report(params: Path = ParamsOpt) -> None:
 
 
 @app.command()
+def convert(params: Path = ParamsOpt) -> None:
+    """Convert the exported run to a real W4A8 model: packed INT4 codes + scales + INT8 acts."""
+    _run_stage("convert", params)
+
+
+@app.command()
 def export(params: Path = ParamsOpt) -> None:
     """Export the W4A8 model for Qualcomm HTP: ONNX QDQ + AIMET encodings, verified."""
     _run_stage("export", params)

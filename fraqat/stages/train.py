@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params, method: str, seed: int) -> None:
-    distributed.init_from_env()  # under torchrun: data-parallel over the ranks
+    distributed.init_from_env(params.device)  # under torchrun: data-parallel over the ranks
     lr = peak_lr(params, method, load_tuned_lrs())
     student, result = train_student(params, method, seed, paths.checkpoint_dir(method, seed),
                                     paths.train_log(method, seed), lr=lr)
