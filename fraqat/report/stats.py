@@ -169,10 +169,15 @@ def seeds_needed(sd_log: float | None, effect_pct: float = THRESHOLD_PCT,
     if not sd_log or not math.isfinite(sd_log):
         return None
     delta = abs(math.log1p(effect_pct / 100)) / sd_log
-    for n in range(2, cap + 1):
-        q = stats.t.ppf(1 - alpha / 2, n - 1)
-        nc = delta * math.sqrt(n)
-        got = stats.nct.sf(q, n - 1, nc) + stats.nct.cdf(-q, n - 1, nc)
-        if got >= power:
-            return n
-    return cap + 1
+
+    def power_at(n: int) -> float:
+        q, nc = stats.t.ppf(1 - alpha / 2, n - 1), delta * math.sqrt(n)
+        return float(stats.nct.sf(q, n - 1, nc) + stats.nct.cdf(-q, n - 1, nc))
+
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    n = min(cap + 1, max(2, int((z / delta) ** 2)))  # the normal approximation, then exact
+    while n > 2 and power_at(n - 1) >= power:
+        n -= 1
+    while n <= cap and power_at(n) < power:
+        n += 1
+    return n
