@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fraqat.errors import ParamsError
 
 METHODS = ("fp", "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "int-progressive",
-           "qat-target-steps")
+           "qat-target-steps", "fraqat-late-warmup")
 TRAINED_METHODS = METHODS[1:]
 MODELS = ("tiny-sana", "sana-600m", "sana-1.6b", "pixart-sigma", "sd3.5-medium", "flux-schnell")
 Bits = typing.Annotated[float, Field(ge=2, le=16)]
@@ -122,7 +122,7 @@ class EvalParams(_Strict):
 
 
 class ExportParams(_Strict):
-    method: Literal["fraqat", "qat", "int-progressive", "ptq"] = "fraqat"
+    method: Literal["fraqat", "fraqat-late", "qat", "int-progressive", "ptq"] = "fraqat"
     opset: int = Field(21, ge=13, le=23)
     weight_dtype: Literal["int4", "int8"] = "int4"
     num_check_samples: int = Field(16, ge=1)

@@ -10,6 +10,9 @@ trains it, shared by the ``train`` and ``tune`` stages.
 * ``fraqat``           FraQAT: 8 -> 7.5 -> ... -> bits (``schedule.*``; the paper's equal stages).
 * ``fraqat-late``      the same levels with ``schedule.late_final_fraction`` of the steps at the
                        target bits (the best fractional schedule of the ablation).
+* ``fraqat-late-warmup`` ``fraqat-late`` with a linear warm-up over its own high-bit stages:
+                       with ``schedule.control_of: fraqat-late`` its learning-rate curve is
+                       ``qat-warmup``'s (the factorial's fourth arm).
 * ``int-progressive``  integer steps only: 8 -> 7 -> ... -> bits (ablation).
 * ``qat-target-steps`` the target-steps control: standard QAT given only the steps
                        ``schedule.control_of`` spends at the target bits, with the *same
@@ -67,7 +70,8 @@ def train_steps(params: Params, method: str) -> int:
 
 def build_schedule(params: Params, method: str):
     s, name = params.schedule, SCHEDULE_OF.get(method, params.schedule.fraqat_kind)
-    final = s.late_final_fraction if method == "fraqat-late" else s.final_fraction
+    late = method in ("fraqat-late", "fraqat-late-warmup")
+    final = s.late_final_fraction if late else s.final_fraction
     return make_schedule(name, params.bits, train_steps(params, method), start=s.start_bits,
                          step=s.step, shape=s.shape, fp_warmup=s.fp_warmup,
                          final_fraction=final)
@@ -101,8 +105,10 @@ def build_lr(params: Params, method: str, lr: float) -> LRSchedule:
     if method == "qat-target-steps":
         return make_lr_schedule(t.lr_schedule, lr, source, warmup=t.warmup_steps,
                                 offset=first_target_step(source))
-    warmup = t.warmup_steps + (first_target_step(source) if method == "qat-warmup" else 0)
-    return make_lr_schedule(t.lr_schedule, lr, build_schedule(params, method), warmup=warmup)
+    own = build_schedule(params, method)
+    extra = {"qat-warmup": first_target_step(source),
+             "fraqat-late-warmup": first_target_step(own)}.get(method, 0)
+    return make_lr_schedule(t.lr_schedule, lr, own, warmup=t.warmup_steps + extra)
 
 
 def distill_data() -> DistillData:

@@ -4,6 +4,7 @@ the validation split is disjoint from the calibration images."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,14 @@ def test_tune_chooses_on_validation_and_train_uses_it(tmp_path, monkeypatch) -> 
         assert out["chosen"][method] == float(best)
     assert tuned_lr(params, "qat-target-steps") == out["chosen"]["fraqat-late"]
     assert tuned_lr(params, "ptq") == params.train.lr
+
+
+def test_the_factorial_arm_has_qat_warmups_learning_rate_curve() -> None:
+    from fraqat.params import load_params
+    from fraqat.train.student import build_lr
+
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    warm, arm = build_lr(params, "qat-warmup", 3e-4), build_lr(params, "fraqat-late-warmup", 3e-4)
+    assert warm.warmup == arm.warmup > 0
+    assert [arm.lr_at(k) for k in range(params.train.steps)] == \
+        [warm.lr_at(k) for k in range(params.train.steps)]
