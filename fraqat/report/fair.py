@@ -13,6 +13,9 @@ better (worse) and their adjusted tests reject no change.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
 from fraqat.report import factorial
@@ -49,9 +52,9 @@ def versus(evals: pd.DataFrame, method: str, ref: str, metric: str) -> dict | No
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
-    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
+    x, y = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
     test = paired_ttest(x, y)
-    return {"delta_pct": delta_pct(sum(x) / len(x), sum(y) / len(y)), "n": len(seeds),
+    return {"delta_pct": delta_pct(float(x.mean()), float(y.mean())), "n": len(seeds),
             "ci_pct": test["ci_pct"] if test else None, "p": test["p"] if test else None,
             "effect": log_ratio(x, y)}
 
@@ -69,7 +72,7 @@ def references(method: str, control_of: str) -> list[str]:
 def comparisons(evals: pd.DataFrame, methods: list[str], control_of: str) -> list[dict]:
     """Every trained method vs tuned qat, and each control / factorial arm vs the arm it
     mirrors; Holm over every test of the table; each row's outcome from the adjusted tests."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for method in methods:
         if method in (BASELINE, "ptq"):
             continue

@@ -8,6 +8,7 @@ bootstrap adds the per-item noise (held-out points, samples) that a few seeds ca
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -120,7 +121,7 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
     return out
 
 
-def side(effect: dict | None, threshold_pct: float = THRESHOLD_PCT,
+def side(effect: Mapping | None, threshold_pct: float = THRESHOLD_PCT,
          alpha: float = ALPHA) -> str:
     """One metric's reading, the same rule for both directions:
 
@@ -143,7 +144,7 @@ def side(effect: dict | None, threshold_pct: float = THRESHOLD_PCT,
     return "unresolved"
 
 
-def classify(effects: list[dict | None], threshold_pct: float = THRESHOLD_PCT,
+def classify(effects: Sequence[Mapping | None], threshold_pct: float = THRESHOLD_PCT,
              alpha: float = ALPHA) -> str:
     """A comparison on several metrics: ``wins`` when every metric is ``better``, ``loses``
     when every metric is ``worse`` (the same metrics and threshold confirm either), ``ties``

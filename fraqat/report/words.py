@@ -50,7 +50,7 @@ def comparison_sentence(method: str, ref: str, effects: Mapping[str, Mapping | N
     dict, optionally with ``p_adj``). The verb follows :func:`classify`; the sentence lists
     every metric's ratio and interval and, when not resolved, the seeds a ±``threshold`` %
     effect needs."""
-    label = classify(list(effects.values()), threshold)
+    label = classify(tuple(effects.values()), threshold)
     verb = VERB[label].format(t=threshold)
     n = max((e["n"] for e in effects.values() if e), default=0)
     parts = [f"{name} {fmt_effect(e)}" for name, e in effects.items()]
