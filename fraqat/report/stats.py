@@ -99,15 +99,19 @@ def log_ratio(a: np.ndarray, b: np.ndarray, level: float = 1 - ALPHA) -> dict | 
 
 def interval_from_raw(delta: float, ci_pct: list[float], n: int) -> dict | None:
     """The paired raw-difference test rebuilt from its mean Δ% and 95 % interval (a summary
-    that kept no per-seed values): same ratio-of-means scale, its t-test's exact p."""
+    that kept no per-seed values): same ratio-of-means scale, its t-test's exact p, and the
+    per-seed spread of the difference relative to the method's mean as ``sd_log``."""
     lo, hi = ci_pct
     q = float(stats.t.ppf(1 - ALPHA / 2, n - 1))
     se = (hi - lo) / (2 * q)
     if n < 2 or se <= 0:
         return None
     p = float(2 * stats.t.sf(abs(delta) / se, n - 1))
+    # the per-seed spread of the relative difference stands in for that of log(ratio)
+    # (equal to first order for small effects), so the seeds-needed estimate still works
+    sd = se * math.sqrt(n) / (100 + delta)
     return {"ratio": 1 + delta / 100, "ci": [1 + lo / 100, 1 + hi / 100], "pct": delta,
-            "ci_pct": [lo, hi], "p": p, "n": n, "sd_log": None, "raw": True}
+            "ci_pct": [lo, hi], "p": p, "n": n, "sd_log": sd, "raw": True}
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:

@@ -39,7 +39,8 @@ def _p(effect: Mapping | None) -> str:
 def _needed(effects: Mapping[str, Mapping | None], threshold: float) -> str:
     spreads = [e["sd_log"] for e in effects.values() if e and e.get("sd_log")]
     n = max((seeds_needed(s, threshold) or 0 for s in spreads), default=0)
-    return f"; about {n} seeds would resolve ±{threshold:g} % at this spread" if n else ""
+    count = f"more than {n - 1}" if n > 1000 else f"about {n}"
+    return f"; {count} seeds would resolve ±{threshold:g} % at this spread" if n else ""
 
 
 def comparison_sentence(method: str, ref: str, effects: Mapping[str, Mapping | None],

@@ -9,7 +9,7 @@ import pandas as pd
 
 from fraqat.report import factorial
 from fraqat.report.fair import FRACTIONAL, WIN_PCT
-from fraqat.report.stats import classify, side
+from fraqat.report.stats import classify, seeds_needed, side
 from fraqat.report.tables import fmt, markdown_table
 from fraqat.report.words import fmt_effect
 
@@ -88,6 +88,24 @@ def outcome_counts(rows: list[tuple[str, str, dict]], method: str, where: str) -
              sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9)]
     return (f"- On {where}, `{method}` vs `qat` at the same learning rate (held-out loss, "
             f"{len(used)} cells with ≥ 5 seeds, Holm across them): {'; '.join(parts)}.")
+
+
+CAP = 1000  # seeds_needed's default search limit
+
+
+def seeds_reading(rows: list[tuple[str, str, dict]]) -> str:
+    """How many seeds a ±4 % effect needs at each comparison's measured spread."""
+    parts = []
+    for method in VS_QAT:
+        need = sorted(n for _, _, by in rows if (r := by.get(method)) and r["effect_heldout"]
+                      and (n := seeds_needed(r["effect_heldout"].get("sd_log"), WIN_PCT)))
+        show = [str(n) if n <= CAP else f"> {CAP}" for n in need]
+        if need:
+            parts.append(f"`{method}` vs `qat` {show[len(need) // 2]} (median over "
+                         f"{len(need)} cells, {show[0]} to {show[-1]})")
+    return ("- Seeds a ±4 % effect needs at the measured seed spread (paired t test on the "
+            "log-ratios, 80 % power, α 0.05; from the raw spread for † cells): "
+            + ("; ".join(parts) if parts else "no spread measured") + ".")
 
 
 def warmup_reading(rows: list[tuple[str, str, dict]], facts: dict[str, dict | None]) -> str:
@@ -199,6 +217,7 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
     no_arm = [f"`{c}` ({m})" for c, m, by in rows if "fraqat-late-warmup" not in by]
     findings = [
         *(outcome_counts(rows, m, where) for m in VS_QAT),
+        seeds_reading(rows),
         warmup_reading(rows, facts),
         stability_reading(rows, gpu),
         "- Outlier damage (held-out loss with outliers / without, same cell otherwise): "

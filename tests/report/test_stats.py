@@ -76,6 +76,7 @@ def test_interval_from_raw_recovers_the_paired_t_test():
     raw = paired_ttest(fra, qat)
     got = interval_from_raw(delta_pct(fra.mean(), qat.mean()), raw["ci_pct"], 5)
     assert got["p"] == pytest.approx(raw["p"]) and got["raw"]
+    assert got["sd_log"] == pytest.approx(np.std(fra - qat, ddof=1) / fra.mean())
 
 
 def test_holm_matches_the_step_down_definition():
