@@ -29,7 +29,7 @@ from fraqat.report.stats import (
     seeds_needed,
 )
 from fraqat.report.tables import fmt, fmt_delta, markdown_table
-from fraqat.report.words import comparison_sentence, fmt_effect
+from fraqat.report.words import comparison_sentence, fmt_effect, read_effect
 
 BASELINE = "qat"
 SENSITIVE = {"heldout_distill_loss": "held-out loss", "teacher_mse": "teacher MSE"}
@@ -158,8 +158,9 @@ def verdict(rows: list[dict], evals: pd.DataFrame, chosen: dict, control_of: str
     fx = factorial_effects(evals)
     held = fx["held-out loss"]
     if all(held.values()):
-        text.append("Factorial (fractional bits × warm-up, held-out loss, ratios over seeds): " +
-                    "; ".join(f"{name} {fmt_effect(e)}" for name, e in held.items()) + ".")
+        text.append(f"Factorial on {scope} (held-out loss, ratios over seeds, each effect "
+                    "alone): " + "; ".join(read_effect(name, e, WIN_PCT)
+                                           for name, e in held.items()) + ".")
     spreads = [x["effect"]["sd_log"] for r in rows if r["ref"] == BASELINE
                for x in r["results"].values() if x and x["effect"]]
     need = [n for s in spreads if (n := seeds_needed(s, WIN_PCT))]

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from fraqat.report.stats import THRESHOLD_PCT, classify, seeds_needed, side
 
+READING = {"better": "lower, ≥ 4 % and confirmed", "worse": "higher, ≥ 4 % and confirmed",
+           "within": "within ±4 %", "unresolved": "not resolved"}  # one effect, by side()
 VERB = {"wins": "beats", "loses": "loses to", "ties": "is within ±{t:g} % of",
         "mixed": "is better than and worse than (on different metrics)",
         "unresolved": "is not resolved against", "-": "cannot be compared with"}
@@ -27,6 +29,11 @@ def fmt_effect(effect: Mapping | None) -> str:
     lo, hi = effect["ci_pct"]
     mark = "†" if effect.get("raw") else ""
     return f"×{effect['ratio']:.3f} ({effect['pct']:+.1f} % [{lo:+.1f}, {hi:+.1f}]{mark})"
+
+
+def read_effect(name: str, effect: Mapping | None, threshold: float = THRESHOLD_PCT) -> str:
+    """``fractional bits ×1.050 (+5.0 % [+1.2, +9.0]): higher, ≥ 4 % and confirmed``."""
+    return f"{name} {fmt_effect(effect)}: {READING[side(effect, threshold)]}"
 
 
 def _p(effect: Mapping | None) -> str:

@@ -11,13 +11,11 @@ from fraqat.report import factorial
 from fraqat.report.fair import FRACTIONAL, WIN_PCT
 from fraqat.report.stats import classify, seeds_needed, side
 from fraqat.report.tables import fmt, markdown_table
-from fraqat.report.words import fmt_effect
+from fraqat.report.words import READING, fmt_effect
 
 VS_QAT = ("fraqat-late", "qat-warmup", "fraqat-late-warmup")
 SPIKE_METHODS = ("qat", "qat-warmup", "fraqat-late")
 IMAGES = {"digits": "8×8 digits", "mnist": "28×28 digits"}
-READING = {"better": "lower, ≥ 4 % and confirmed", "worse": "higher, ≥ 4 % and confirmed",
-           "within": "within ±4 %", "unresolved": "not resolved"}
 Machines = dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]
 
 

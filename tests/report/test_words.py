@@ -82,3 +82,17 @@ def test_scope_text() -> None:
     assert scope_text({"a": 0.19, "b": 10.7}, "8×8 / 28×28 digits", "W4A8") == \
         "teachers of 0.19–10.7 M parameters on 8×8 / 28×28 digits, W4A8"
     assert scope_text({"a": 0.19}, "8×8 digits", "W3A8").startswith("a 0.19 M-parameter")
+
+
+@settings(deadline=None)
+@given(effects())
+def test_a_single_effect_reads_no_stronger_than_its_interval(e: dict | None) -> None:
+    from fraqat.report.words import read_effect
+
+    text = read_effect("fractional bits", e)
+    if "lower, ≥ 4 % and confirmed" in text:
+        assert _confirmed(e, -1)
+    if "higher, ≥ 4 % and confirmed" in text:
+        assert _confirmed(e, +1)
+    if "within ±4 %" in text:
+        assert e and -4 < e["ci_pct"][0] and e["ci_pct"][1] < 4
