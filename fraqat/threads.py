@@ -2,10 +2,10 @@
 machine's core count.
 
 A float sum's value depends on its order, and torch splits reductions (matmuls, norms) across
-as many threads as it has: the same recipe rerun with 1 and 2 threads ends a few percent apart
-after a few hundred AdamW steps, as large as the effects being measured. One thread is also
-what the tiny default runs fastest on (its tensors are too small to split); a GPU stage
-keeps its device kernels, this only pins the host side.
+as many threads as it has, so a recipe rerun on another core count can drift apart over a few
+hundred AdamW steps (most where the learning rate is high and the run is chaotic). Pinning
+removes that source of noise instead of measuring it. A GPU stage keeps its device kernels;
+this pins the host side only.
 """
 
 from __future__ import annotations
