@@ -90,7 +90,7 @@ def tuned_lr(params: Params, method: str) -> float:
     key = params.schedule.control_of if method == "qat-target-steps" else method
     if not params.tune.lr_grid or method == "ptq":
         return params.train.lr
-    chosen = read_json(paths.TUNE)["chosen"] if paths.TUNE.exists() else {}
+    chosen = read_json(paths.TUNE, ("chosen",))["chosen"] if paths.TUNE.exists() else {}
     if key not in chosen:
         raise FraqatError(f"no tuned learning rate for {key} in {paths.TUNE} "
                           "(run `dvc repro tune` first)")
@@ -113,7 +113,7 @@ def build_lr(params: Params, method: str, lr: float) -> LRSchedule:
 
 def distill_data() -> DistillData:
     calib = load_calibration()
-    v = load_tensors(paths.TEACHER_OUTPUTS)["v"]
+    v = load_tensors(paths.TEACHER_OUTPUTS, ("v",))["v"]
     return DistillData(calib["x_t"], calib["t"], calib["labels"], v,
                        target_v=velocity(calib["x0"], calib["noise"]))
 
@@ -155,7 +155,8 @@ def train_student(params: Params, method: str, seed: int, checkpoint_dir: Path,
         cached_probe, data = None, distill_data()
     else:  # a real pipeline: both from the cache; its text encoders and VAE never load
         data, cached_probe = pipeline_distill_sets(load_calibration(),
-                                                   load_tensors(paths.TEACHER_OUTPUTS))
+                                                   load_tensors(paths.TEACHER_OUTPUTS,
+                                                                ("v", "probe_v")))
     if probe is None:
         probe = cached_probe if cached_probe is not None else probe_data(teacher,
                                                                           t.probe_samples)
@@ -195,8 +196,5 @@ def choose_lr(losses: dict[float, float]) -> float:
 
 def validation_data(teacher: TextToImage) -> DistillData:
     """The validation triples (train images QAT never sees) with the teacher's velocities."""
-    if not paths.VALIDATION.exists():
-        raise FraqatError(f"no validation set at {paths.VALIDATION} "
-                          "(run `dvc repro calibrate` first)")
-    val = load_tensors(paths.VALIDATION)
+    val = load_tensors(paths.VALIDATION, ("x_t", "t", "labels"))
     return DistillData(val["x_t"], val["t"], val["labels"], predict_all(teacher, val))
