@@ -34,6 +34,9 @@ def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
 
             check_inputs(params)
         module = importlib.import_module(f"fraqat.stages.{stage}")
+        from fraqat.threads import pin_threads
+
+        pin_threads()  # numbers independent of the machine's core count
         start = time.perf_counter()
         module.run(params, **kwargs)
         log.info("stage %s done in %.1f s", stage, time.perf_counter() - start)

@@ -124,7 +124,7 @@ class EvalParams(_Strict):
 
 
 class ExportParams(_Strict):
-    method: Literal[TRAINED_METHODS] = "fraqat"  # type: ignore[valid-type]
+    method: Literal[TRAINED_METHODS] = "fraqat-late"  # type: ignore[valid-type]
     opset: int = Field(21, ge=13, le=23)
     weight_dtype: Literal["int4", "int8"] = "int4"
     num_check_samples: int = Field(16, ge=1)
@@ -140,8 +140,8 @@ class Params(_Strict):
     resolution: int = Field(1024, ge=16, le=4096, multiple_of=16)  # real models: pixels
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     methods: list[Literal[TRAINED_METHODS]] = [  # type: ignore[valid-type]
-        "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "qat-target-steps"]
-    seeds: list[int] = [0, 1]
+        "ptq", "qat", "qat-warmup", "fraqat-late", "fraqat-late-warmup"]
+    seeds: list[int] = [0, 1, 2, 3, 4]
     data: DataParams = DataParams()
     pretrain: PretrainParams = PretrainParams()
     outliers: OutlierParams = OutlierParams()

@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipelines.experiments.ablation_report import cell_table, size_table, write_report
 from pipelines.experiments.grid import CHANNEL, FINAL70, exp_run_command
+from pipelines.experiments.regime import cpu_scope
 
 # Every cell trains qat, fraqat and the control (qat with only FraQAT's steps at the target).
 BASE = {"methods": "[qat,fraqat,qat-target-steps]", "schedule.control_of": "fraqat"}
@@ -125,6 +126,13 @@ def load_sweeps(pattern: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path().glob(pattern))]
 
 
+def teacher() -> str:
+    """The cells' teacher in words: ``params.yaml``'s default (every cell keeps it)."""
+    size = cpu_scope()
+    return f"a {size:.2g} M-parameter teacher on 8×8 digits" if size else \
+        "the default teacher on 8×8 digits"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Schedule ablation through DVC experiments.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "render":  # the committed cells, without the experiments' commits
         cells = pd.read_csv(args.out / "ablation.csv")
-        write_report(cells, size_table(load_sweeps(args.sweeps)), {}, args.out)
+        write_report(cells, size_table(load_sweeps(args.sweeps)), {}, args.out, teacher())
         print(f"rendered {args.out / 'ablation.md'} from {args.out / 'ablation.csv'}")
         return 0
     show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     sweeps = load_sweeps(args.sweeps)
-    write_report(cell_table(rows), size_table(sweeps), traces(rows), args.out)
+    write_report(cell_table(rows), size_table(sweeps), traces(rows), args.out, teacher())
     print(f"wrote {args.out}/ablation.{{md,csv}} and figures ({len(rows)} experiments, "
           f"{len(sweeps)} model-size sweeps)")
     return 0

@@ -62,8 +62,9 @@ TINY = {"device": "cpu", "seeds": [0], "methods": ["qat", "fraqat-late"],
         "train.steps": 20, "train.batch_size": 32, "train.probe_every": 10,
         "train.probe_samples": 32}
 TINY_CELLS = ("w4-lr3e-3", "w3-outliers-lr3e-3")
-RUN_KEYS = ("final_target_loss", "max_spike", "max_spike_step", "diverged", "final_loss", "lr",
-            "steps", "wall_seconds")
+RUN_KEYS = ("final_target_loss", "max_spike", "max_spike_step", "first_update_spike",
+            "stage_start_spike", "steady_spike", "diverged", "final_loss", "lr", "steps",
+            "wall_seconds")
 
 
 def teacher_key(params: dict) -> str:
