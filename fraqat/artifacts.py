@@ -11,7 +11,7 @@ import torch
 
 from fraqat import paths
 from fraqat.data import ImageSet
-from fraqat.io import load_tensors
+from fraqat.io import load_tensors, read_json
 
 
 def load_split(name: str) -> ImageSet:
@@ -23,6 +23,12 @@ def load_split(name: str) -> ImageSet:
 def load_calibration() -> dict[str, torch.Tensor]:
     """The calibration set written by ``fraqat calibrate`` (x_t, t, labels, ...)."""
     return load_tensors(paths.CALIBRATION, ("x_t", "t", "labels"))
+
+
+def load_tuned_lrs() -> dict[str, float]:
+    """The learning rate ``fraqat tune`` chose per method (empty before ``tune`` has run:
+    a method that needs one then stops with one line, see ``train.student.peak_lr``)."""
+    return dict(read_json(paths.TUNE, ("chosen",))["chosen"]) if paths.TUNE.exists() else {}
 
 
 def load_validation() -> dict[str, torch.Tensor]:

@@ -76,3 +76,19 @@ def test_real_process_bad_params(bad_params: Path) -> None:
     assert proc.returncode == 2
     assert one_line(proc.stderr).startswith("params.yaml: bits:")
     assert proc.stdout == ""
+
+
+def test_every_stage_runs_on_the_pinned_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fraqat.stages import prepare
+    from fraqat.threads import STAGE_THREADS
+
+    seen: list[int] = []
+    monkeypatch.setattr(prepare, "run", lambda params: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = runner.invoke(app, ["prepare", "--params", str(ROOT / "params.yaml")])
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert seen == [STAGE_THREADS]

@@ -72,6 +72,9 @@ class Backend(Protocol):
     def probe_description(self, params: Params) -> str:
         """What the held-out loss is measured on, for the report."""
 
+    def teacher_description(self, params: Params) -> str:
+        """The teacher a verdict may speak for, for the report."""
+
     def evaluation_scope(self) -> AbstractContextManager:
         """The context evaluation runs in (thread settings)."""
 

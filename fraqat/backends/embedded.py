@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 HELDOUT_REPEATS = 4   # each held-out image at 4 seeded (noise, t) draws: 1440 items by default
 PROBE_SEED = 4321     # the training probe's draw of held-out points
+IMAGES = {"digits": "8×8 digits", "mnist": "28×28 digits"}
 
 
 def draw(images: torch.Tensor, labels: torch.Tensor, n: int,
@@ -193,6 +194,11 @@ class EmbeddedBackend:
 
     def probe_description(self, params: Params) -> str:
         return "fixed noised held-out images."
+
+    def teacher_description(self, params: Params) -> str:
+        p = params.pretrain
+        return (f"the {params.model} teacher (width {p.width} × {p.layers} layers) on "
+                f"{IMAGES.get(params.data.source, params.data.source)}")
 
     @contextmanager
     def evaluation_scope(self) -> Iterator[None]:

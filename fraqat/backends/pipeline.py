@@ -163,6 +163,9 @@ class PipelineBackend:
         val = load_validation()
         return DistillData(val["x_t"], val["t"], val["labels"], predict_all(teacher, val))
 
+    def teacher_description(self, params: Params) -> str:
+        return params.model
+
     def probe_description(self, params: Params) -> str:
         return f"{params.model}'s own sampling trajectories from held-out noise draws."
 

@@ -1,79 +1,95 @@
 """The fair-protocol comparison: every method at the learning rate chosen for it on the
-validation split, each schedule and control against tuned standard QAT, and the verdict.
+validation split, each schedule and control against tuned standard QAT, the 2 × 2 factorial
+of fractional bits and warm-up, and the verdict sentences.
 
-A schedule *wins* when it beats tuned QAT by at least ``WIN_PCT`` (the low end of the paper's
-4-7 % claim) on both sensitive metrics (held-out distillation loss and sample MSE to the
-teacher), *loses* when it is at least ``WIN_PCT`` worse on one and not that much better on the
-other, and *ties* otherwise. Δ% = (method − qat) / qat, mean over seeds; the interval is the
-paired t-test's over seeds (:func:`fraqat.report.stats.paired_ttest`). A win or loss whose deciding
-intervals include no change is marked ``(n.s.)``: with two seeds a 4 % mean difference is
-often seed noise, and the verdict says so instead of counting it.
+The primary effect is the paired log-ratio over seeds (method / reference per seed, a t
+interval on the logs, exponentiated back: :func:`fraqat.report.stats.log_ratio`); the raw
+Δ% = (mean method − mean ref) / mean ref with its paired t interval stands beside it. Every
+test of the table is one family: Holm-adjusted p-values decide, with one symmetric rule
+(:func:`fraqat.report.stats.classify`): a method *wins* (*loses*) when both sensitive metrics
+(held-out distillation loss and sample MSE to the teacher) are at least ``THRESHOLD_PCT``
+better (worse) and their adjusted tests reject no change.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
-from fraqat.report.stats import delta_pct, paired_ttest
+from fraqat import methods
+from fraqat.report import factorial
+from fraqat.report.stats import (
+    THRESHOLD_PCT,
+    classify,
+    delta_pct,
+    holm,
+    log_ratio,
+    paired_ttest,
+    seeds_needed,
+)
 from fraqat.report.tables import fmt, fmt_delta, markdown_table
+from fraqat.report.words import comparison_sentence, fmt_effect, read_effect
 
-BASELINE = "qat"
+BASELINE = methods.BASELINE
 SENSITIVE = {"heldout_distill_loss": "held-out loss", "teacher_mse": "teacher MSE"}
-FRACTIONAL = ("fraqat", "fraqat-late", "int-progressive")
-CONTROLS = ("qat-warmup", "qat-target-steps")
-WIN_PCT = 4.0
+FRACTIONAL = methods.in_group("fractional")
+CONTROLS = methods.in_group("control")
+UNCOMPARED = (BASELINE, *methods.in_group("floor"), *methods.in_group("reference"))
+WIN_PCT = THRESHOLD_PCT
+SECOND_REF = {"qat-warmup": "control_of", "qat-target-steps": "control_of",
+              "fraqat-late-warmup": "qat-warmup"}  # besides qat: the arm each one mirrors
+
+
+def per_seed(evals: pd.DataFrame, method: str, metric: str) -> dict[int, float]:
+    rows = evals[(evals["method"] == method)].dropna(subset=[metric])
+    return {int(s): float(v) for s, v in zip(rows["seed"], rows[metric], strict=True)}
 
 
 def versus(evals: pd.DataFrame, method: str, ref: str, metric: str) -> dict | None:
-    """``method`` vs ``ref`` on ``metric``, paired over the seeds both have."""
-    pivot = evals[evals["method"].isin([method, ref])].pivot_table(
-        index="seed", columns="method", values=metric, aggfunc="first")
-    if method not in pivot or ref not in pivot or pivot.dropna().empty:
+    """``method`` vs ``ref`` on ``metric``, paired over the seeds both have: the log-ratio
+    ``effect`` and the raw Δ% with its paired t interval."""
+    a, b = per_seed(evals, method, metric), per_seed(evals, ref, metric)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
         return None
-    pivot = pivot.dropna()
-    a, b = pivot[method].to_numpy(float), pivot[ref].to_numpy(float)
-    test = paired_ttest(a, b)
-    return {"delta_pct": delta_pct(a.mean(), b.mean()), "n": len(a),
-            "ci_pct": test["ci_pct"] if test else None, "p": test["p"] if test else None}
+    x, y = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
+    test = paired_ttest(x, y)
+    return {"delta_pct": delta_pct(float(x.mean()), float(y.mean())), "n": len(seeds),
+            "ci_pct": test["ci_pct"] if test else None, "p": test["p"] if test else None,
+            "effect": log_ratio(x, y)}
 
 
-def outcome(deltas: list[float | None]) -> str:
-    """wins / ties / loses against the reference (module docstring); '-' if a metric is missing."""
-    known = [d for d in deltas if d is not None]
-    if len(known) < len(deltas):
-        return "-"
-    if all(d <= -WIN_PCT for d in known):
-        return "wins"
-    if any(d >= WIN_PCT for d in known) and not any(d <= -WIN_PCT for d in known):
-        return "loses"
-    return "ties"
+def outcome(effects: list[dict | None]) -> str:
+    """The symmetric rule of :func:`fraqat.report.stats.classify`."""
+    return classify(effects, WIN_PCT)
+
+
+def references(method: str, control_of: str) -> list[str]:
+    second = SECOND_REF.get(method)
+    return [BASELINE] + ([control_of if second == "control_of" else second] if second else [])
 
 
 def comparisons(evals: pd.DataFrame, methods: list[str], control_of: str) -> list[dict]:
-    """Every trained method vs tuned qat; the controls also vs their fractional source."""
-    rows = []
+    """Every trained method vs tuned qat, and each control / factorial arm vs the arm it
+    mirrors; Holm over every test of the table; each row's outcome from the adjusted tests."""
+    rows: list[dict[str, Any]] = []
     for method in methods:
-        if method in (BASELINE, "ptq"):
+        if method in UNCOMPARED:
             continue
-        for ref in [BASELINE] + ([control_of] if method in CONTROLS else []):
+        for ref in references(method, control_of):
+            if ref == method or ref not in methods:
+                continue
             res = {m: versus(evals, method, ref, m) for m in SENSITIVE}
-            deltas = [r["delta_pct"] if r else None for r in res.values()]
-            label = outcome(deltas)
-            if label in ("wins", "loses") and not confirmed(label, list(res.values())):
-                label += " (n.s.)"
-            rows.append({"method": method, "ref": ref, "results": res, "outcome": label})
+            rows.append({"method": method, "ref": ref, "results": res})
+    effects = [r["results"][m]["effect"] for r in rows for m in SENSITIVE
+               if r["results"][m] and r["results"][m]["effect"]]
+    for e, p in zip(effects, holm([e["p"] for e in effects]), strict=True):
+        e["p_adj"] = p
+    for r in rows:
+        r["outcome"] = outcome([x["effect"] if x else None for x in r["results"].values()])
     return rows
-
-
-def confirmed(label: str, results: list[dict | None]) -> bool:
-    """Does the paired 95 % interval exclude no change where the outcome is decided? A win
-    needs every metric's interval below 0; a loss needs one ≥ 4 % metric's above 0."""
-    def side(r: dict | None) -> float:  # +1 above 0, -1 below, 0 spanning or unknown
-        ci = r and r.get("ci_pct")
-        return 0.0 if not ci else 1.0 if ci[0] > 0 else -1.0 if ci[1] < 0 else 0.0
-    if label == "wins":
-        return all(side(r) < 0 for r in results)
-    return any(r and r["delta_pct"] >= WIN_PCT and side(r) > 0 for r in results)
 
 
 def tune_markdown(tune: dict) -> str:
@@ -90,71 +106,84 @@ def tune_markdown(tune: dict) -> str:
 
 
 def comparisons_markdown(rows: list[dict]) -> str:
-    head = ["method", "vs", *(f"Δ% {label} [95% CI]" for label in SENSITIVE.values()),
-            "seeds", f"outcome (±{WIN_PCT:g} % on both)"]
+    head = ["method", "vs"]
+    for label in SENSITIVE.values():
+        head += [f"{label}: ratio (Δ% [95% CI]) over seeds", "Holm p", "raw Δ% [95% CI]"]
+    head += ["seeds", f"outcome (±{WIN_PCT:g} %, both metrics)"]
     out = []
     for r in rows:
-        res = list(r["results"].values())
-        n = max((x["n"] for x in res if x), default=0)
-        out.append([r["method"], r["ref"], *(fmt_delta(x["delta_pct"], x["ci_pct"]) if x
-                                             else "-" for x in res), str(n), r["outcome"]])
+        cells = []
+        for x in r["results"].values():
+            e = x["effect"] if x else None
+            cells += [fmt_effect(e) if e else "-",
+                      fmt(e.get("p_adj"), 2) if e else "-",
+                      fmt_delta(x["delta_pct"], x["ci_pct"]) if x else "-"]
+        n = max((x["n"] for x in r["results"].values() if x), default=0)
+        out.append([r["method"], r["ref"], *cells, str(n), r["outcome"]])
     return markdown_table(head, out)
 
 
-def _pair(row: dict) -> str:
-    return " and ".join(f"{label} {fmt_delta(row['results'][m]['delta_pct'])}"
-                        for m, label in SENSITIVE.items() if row["results"][m])
+def factorial_effects(evals: pd.DataFrame) -> dict[str, dict[str, dict | None]]:
+    """{metric label: {effect: interval}} of the 2 × 2 factorial (``fraqat.report.factorial``)."""
+    return {label: factorial.effects({m: per_seed(evals, m, metric)
+                                      for m in factorial.ARMS.values()})
+            for metric, label in SENSITIVE.items()}
+
+
+def factorial_markdown(evals: pd.DataFrame) -> str:
+    """Main effects and interaction per metric, or which arms are missing."""
+    missing = factorial.missing_arms({m: per_seed(evals, m, "heldout_distill_loss")
+                                      for m in factorial.ARMS.values()})
+    if missing:
+        return f"Not run: {', '.join(f'`{m}`' for m in missing)} (the factorial needs all four)."
+    fx = factorial_effects(evals)
+    head = ["effect", *(f"{label}: ratio (Δ% [95% CI])" for label in SENSITIVE.values())]
+    rows = [[name, *(fmt_effect(fx[label][name]) for label in SENSITIVE.values())]
+            for name in factorial.EFFECTS]
+    return markdown_table(head, rows)
 
 
 def verdict(rows: list[dict], evals: pd.DataFrame, chosen: dict, control_of: str,
-            setting: str) -> str:
-    """The one-paragraph verdict, generated from the comparisons."""
-    vs_qat = {r["method"]: r for r in rows if r["ref"] == BASELINE}
-    fractional = [m for m in FRACTIONAL if m in vs_qat and vs_qat[m]["outcome"] != "-"]
-    if BASELINE not in set(evals["method"]) or not fractional:
-        return "**Fair-protocol verdict: cannot be tested** (needs qat and a fractional method)."
-    loss = evals.groupby("method")["heldout_distill_loss"].mean()
-    best = min(fractional, key=lambda m: loss[m])
-    label = vs_qat[best]["outcome"]
-    word = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[label.split(" ")[0]]
-    if label.endswith("(n.s.)"):
-        word += " (on the means; the 95 % interval over seeds includes no change)"
-    lr = {m: f"lr {chosen[m]:g}" for m in chosen}
-    text = [f"**Fair-protocol verdict ({setting}): the best fractional schedule, `{best}` "
-            f"({lr.get(best, 'untuned')}), {word} tuned standard QAT ({lr.get(BASELINE, '')})**"
-            f" — {_pair(vs_qat[best])} vs `qat`."]
-    for m in fractional:
-        if m != best:
-            text.append(f"`{m}` ({lr.get(m, 'untuned')}): {_pair(vs_qat[m])} "
-                        f"({vs_qat[m]['outcome']}).")
-    wins = [m for m in fractional if vs_qat[m]["outcome"] == "wins"]
-    text.append(f"{'Schedules' if len(wins) != 1 else 'Schedule'} beating tuned QAT by "
-                f"≥ {WIN_PCT:g} % on both sensitive metrics: "
-                f"{', '.join(f'`{m}`' for m in wins) if wins else 'none'}.")
+            scope: str) -> str:
+    """The verdict paragraph: one generated sentence per comparison (fractional schedules and
+    controls vs qat, each control vs the arm it mirrors), the factorial's effects, and the
+    seeds a ±4 % effect needs at the measured spread."""
+    if BASELINE not in set(evals["method"]) or not rows:
+        return f"**Fair-protocol verdict on {scope}: cannot be tested** (needs qat and another " \
+               "trained method)."
+    rates = ", ".join(f"`{m}` {v:g}" for m, v in chosen.items())
+    text = [f"**Fair-protocol verdict** (each method at its tuned learning rate: {rates})."
+            if rates else "**Fair-protocol verdict** (untuned learning rates)."]
     for r in rows:
-        if r["method"] in CONTROLS and r["ref"] == control_of and r["outcome"] != "-":
-            what = ("the implicit-warm-up control (QAT with a warm-up as long as "
-                    f"`{control_of}`'s high-bit stages)" if r["method"] == "qat-warmup" else
-                    f"the target-steps control (QAT on `{control_of}`'s target-bit steps "
-                    "only, with the same learning-rate values)")
-            base, ns = r["outcome"].split(" ")[0], r["outcome"].endswith("(n.s.)")
-            text.append(f"`{r['method']}`, {what}, vs `{control_of}`: {_pair(r)} "
-                        f"({ {'loses': 'worse than it', 'wins': 'better than it'}.get(base, base)}"
-                        f"{', not confirmed by the interval' if ns else ''}).")
-    n = min((x["n"] for r in rows for x in r["results"].values() if x), default=0)
-    text.append(f"Outcomes use the means over {n} seed(s), marked (n.s.) where the 95 % "
-                "interval over seeds includes no change" + (
-                    "; with this few seeds the intervals are wide." if n < 5 else "."))
+        effects = {SENSITIVE[m]: (x["effect"] if x else None) for m, x in r["results"].items()}
+        text.append(comparison_sentence(r["method"], r["ref"], effects, scope, WIN_PCT))
+    fx = factorial_effects(evals)
+    held = fx["held-out loss"]
+    if all(held.values()):
+        text.append(f"Factorial on {scope} (held-out loss, ratios over seeds, each effect "
+                    "alone): " + "; ".join(read_effect(name, e, WIN_PCT)
+                                           for name, e in held.items()) + ".")
+    spreads = [x["effect"]["sd_log"] for r in rows if r["ref"] == BASELINE
+               for x in r["results"].values() if x and x["effect"]]
+    need = [n for s in spreads if (n := seeds_needed(s, WIN_PCT))]
+    if need:
+        text.append(f"Seeds a ±{WIN_PCT:g} % effect needs at the measured seed spread (paired t "
+                    f"test on the log-ratios, 80 % power, α 0.05): {min(need)}–{max(need)}.")
     return " ".join(text)
 
 
 def flat(rows: list[dict]) -> dict[str, float]:
-    """``fair.<metric>.<method>_vs_<ref>.delta_pct`` keys for ``dvc metrics``."""
+    """``fair.<metric>.<method>_vs_<ref>.{delta_pct,ratio_pct,ci_low_pct,ci_high_pct,p_holm}``
+    keys for ``dvc metrics``: raw Δ%, and the log-ratio effect with its Holm-adjusted p."""
     out = {}
     short = {"heldout_distill_loss": "heldout_loss", "teacher_mse": "teacher_mse"}
     for r in rows:
         for metric, res in r["results"].items():
+            key = f"fair.{short[metric]}.{r['method']}_vs_{r['ref']}"
             if res and res["delta_pct"] is not None:
-                out[f"fair.{short[metric]}.{r['method']}_vs_{r['ref']}.delta_pct"] = \
-                    float(res["delta_pct"])
+                out[f"{key}.delta_pct"] = float(res["delta_pct"])
+            e = res["effect"] if res else None
+            if e:
+                out.update({f"{key}.ratio_pct": e["pct"], f"{key}.ci_low_pct": e["ci_pct"][0],
+                            f"{key}.ci_high_pct": e["ci_pct"][1], f"{key}.p_holm": e["p_adj"]})
     return out

@@ -26,11 +26,11 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.experiments.ablation_report import cell_table, size_table, write_report
+from pipelines.experiments.grid import CHANNEL, FINAL70, exp_run_command
+from pipelines.experiments.regime import cpu_scope
 
 # Every cell trains qat, fraqat and the control (qat with only FraQAT's steps at the target).
 BASE = {"methods": "[qat,fraqat,qat-target-steps]", "schedule.control_of": "fraqat"}
-FINAL70 = {"schedule.final_fraction": 0.7}
-CHANNEL = {"quant.granularity": "channel"}
 GRIDS: dict[str, dict[str, dict[str, object]]] = {
     # target bits x schedule shape: the paper's equal stages vs most steps at the target
     "quick": {
@@ -65,10 +65,7 @@ TRACE_METHODS = ("qat", "fraqat", "qat-target-steps")
 
 def queue(grid: str, seeds: str) -> None:
     for name, overrides in GRIDS[grid].items():
-        sets = {**BASE, "seeds": seeds, **overrides}
-        cmd = ["dvc", "exp", "run", "--queue", "-n", name]
-        for key, value in sets.items():
-            cmd += ["-S", f"{key}={value}"]
+        cmd = exp_run_command(name, {**BASE, "seeds": seeds, **overrides})
         print(" ".join(cmd))
         subprocess.run(cmd, check=True)
 
@@ -129,6 +126,13 @@ def load_sweeps(pattern: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path().glob(pattern))]
 
 
+def teacher() -> str:
+    """The cells' teacher in words: ``params.yaml``'s default (every cell keeps it)."""
+    size = cpu_scope()
+    return f"a {size:.2g} M-parameter teacher on 8×8 digits" if size else \
+        "the default teacher on 8×8 digits"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Schedule ablation through DVC experiments.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "render":  # the committed cells, without the experiments' commits
         cells = pd.read_csv(args.out / "ablation.csv")
-        write_report(cells, size_table(load_sweeps(args.sweeps)), {}, args.out)
+        write_report(cells, size_table(load_sweeps(args.sweeps)), {}, args.out, teacher())
         print(f"rendered {args.out / 'ablation.md'} from {args.out / 'ablation.csv'}")
         return 0
     show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     sweeps = load_sweeps(args.sweeps)
-    write_report(cell_table(rows), size_table(sweeps), traces(rows), args.out)
+    write_report(cell_table(rows), size_table(sweeps), traces(rows), args.out, teacher())
     print(f"wrote {args.out}/ablation.{{md,csv}} and figures ({len(rows)} experiments, "
           f"{len(sweeps)} model-size sweeps)")
     return 0

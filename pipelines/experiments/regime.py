@@ -25,18 +25,34 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from fraqat.io import write_text
-from fraqat.report.fair import FRACTIONAL, WIN_PCT, outcome
-from fraqat.report.stats import delta_pct, paired_ttest
+from fraqat.report.factorial import ARMS as ARM_METHODS
+from fraqat.report.fair import FRACTIONAL, WIN_PCT
+from fraqat.report.stats import (
+    classify,
+    delta_pct,
+    holm,
+    interval_from_raw,
+    log_ratio,
+    paired_ttest,
+)
 from fraqat.report.tables import fmt, fmt_delta, markdown_table
+from fraqat.report.words import fmt_effect
+from pipelines.experiments.grid import OUTLIERS, exp_run_command
+from pipelines.experiments.regime_map import regime_map
 
 OUT = Path("reports/regime")
 GPU_JSON = OUT / "gpu.json"  # regime_gpu's result, copied back from the GPU machine
+RUNS_CSV = OUT / "regime_runs.csv"  # one row per (cell, method, seed), written by collect
 HIGH_LR = {"tune.lr_grid": "[0.003]"}  # one high rate for every method: no tuning
-OUTLIERS = {"outliers.fraction": 0.015, "outliers.factor": 50}
-BASE = {"methods": "[qat,qat-warmup,fraqat-late]", "schedule.control_of": "fraqat-late",
+BASE = {"methods": "[qat,qat-warmup,fraqat-late,fraqat-late-warmup]",
+        "schedule.control_of": "fraqat-late",
         "export.method": "qat"}  # export needs a trained method of the cell
+ARMS = tuple(ARM_METHODS.values())  # the 2 x 2 factorial every cell runs
+MIN_SEEDS = 5  # a cell with fewer seeds is shown but used by no verdict
+SPIKES = ("max_spike", "first_update_spike", "stage_start_spike", "steady_spike")
 CELLS: dict[str, dict[str, object]] = {
     "w4-lr3e-3": {"bits": 4, **HIGH_LR},
     "w4-outliers-lr3e-3": {"bits": 4, **OUTLIERS, **HIGH_LR},
@@ -54,9 +70,8 @@ def queue(seeds: str, cells: list[str], target: str | None = None) -> None:
     """Queue ``cells``; ``target`` (e.g. ``train``) stops each at that stage: the held-out
     loss and stability come from the train metrics, without the sample evaluations."""
     for name in cells:
-        cmd = ["dvc", "exp", "run", "--queue", "-n", name, *([target] if target else [])]
-        for key, value in {**BASE, "seeds": seeds, **CELLS[name]}.items():
-            cmd += ["-S", f"{key}={value}"]
+        cmd = exp_run_command(name, {**BASE, "seeds": seeds, **CELLS[name]},
+                              [target] if target else [])
         print(" ".join(cmd))
         subprocess.run(cmd, check=True)
 
@@ -86,6 +101,9 @@ def runs(show: list[dict]) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, method): means, spikes (each part, the largest over seeds) and,
+    against ``qat`` of the same cell paired by seed, the log-ratio ``effect`` of the held-out
+    loss (primary) and the raw Δ% with its t interval; outcomes from :func:`decide`."""
     out = []
     df = df.copy()
     df["eval.heldout_distill_loss"] = df["train.final_target_loss"]  # the train stage's probe
@@ -94,7 +112,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                "heldout_loss": g["eval.heldout_distill_loss"].mean(),
                "heldout_loss_std": g["eval.heldout_distill_loss"].std(),
                "teacher_mse": g.get("eval.teacher_mse", pd.Series(dtype=float)).mean(),
-               "max_spike": g["train.max_spike"].max(),
+               **{k: g.get(f"train.{k}", pd.Series([float("nan")])).max() for k in SPIKES},
                "divergence_rate": g["train.diverged"].astype(float).mean(),
                "final_train_loss": g["train.final_loss"].mean(), "lr": g["train.lr"].iloc[0],
                "teacher_absmax_over_std": g.get("teacher.max_absmax_over_std",
@@ -104,150 +122,91 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         q = df[(df.cell == cell) & (df.method == "qat")].set_index("seed")
         mine = g.set_index("seed")
         both = sorted(set(q.index) & set(mine.index))
-        deltas = []
+        row["effect_heldout"] = None
         for metric, col in (("heldout", "eval.heldout_distill_loss"),
                             ("mse", "eval.teacher_mse")):
             if col not in mine or not both or mine[col].isna().all():
                 row[f"d_{metric}"], row[f"ci_{metric}"] = None, None
-                deltas.append(None)
                 continue
             a, b = mine.loc[both, col].to_numpy(float), q.loc[both, col].to_numpy(float)
             test = paired_ttest(a, b)
             row[f"d_{metric}"] = delta_pct(a.mean(), b.mean())
             row[f"ci_{metric}"] = test["ci_pct"] if test else None
-            deltas.append(row[f"d_{metric}"])
-        known = [d for d in deltas if d is not None]
-        row["outcome"] = "-" if method == "qat" or not known else outcome(known)
-        ci = row["ci_heldout"]
-        if row["outcome"] in ("wins", "loses") and (ci is None or ci[0] <= 0 <= ci[1]):
-            row["outcome"] += " (n.s.)"  # the paired interval over seeds includes no change
+            if metric == "heldout" and method != "qat":
+                row["effect_heldout"] = log_ratio(a, b)
         out.append(row)
-    return pd.DataFrame(out)
+    return decide(pd.DataFrame(out))
 
 
-def table_markdown(table: pd.DataFrame) -> str:
-    """The per-(cell, method) table of :func:`summarize`'s output."""
+def decide(table: pd.DataFrame) -> pd.DataFrame:
+    """Outcomes on the held-out loss: for each method, Holm over the cells with ≥ MIN_SEEDS
+    seeds (the family a regime verdict rests on), then the symmetric rule; cells with fewer
+    seeds are marked and used by no verdict."""
+    table = table.copy()
+    table["outcome"] = "-"
+    for _, g in table[table["method"] != "qat"].groupby("method", sort=False):
+        used = [i for i in g.index if table.at[i, "seeds"] >= MIN_SEEDS
+                and table.at[i, "effect_heldout"]]
+        for i, p in zip(used, holm([table.at[i, "effect_heldout"]["p"] for i in used]),
+                        strict=True):
+            table.at[i, "effect_heldout"] = {**table.at[i, "effect_heldout"], "p_adj": p}
+        for i in g.index:
+            table.at[i, "outcome"] = (classify([table.at[i, "effect_heldout"]], WIN_PCT)
+                                      if i in used else f"not used (n < {MIN_SEEDS})"
+                                      if table.at[i, "seeds"] < MIN_SEEDS else "-")
+    return table
+
+
+def _spike(x: object) -> str:
+    return "-" if x is None or pd.isna(x) else f"{x:.1f}×"
+
+
+def table_markdown(table: pd.DataFrame, arms: tuple[str, ...] = ()) -> str:
+    """The per-(cell, method) table of :func:`summarize`'s output; an arm of ``arms`` a cell
+    did not run gets a "not run" row."""
     head = ["cell", "teacher abs-max/std, kurtosis", "method", "lr", "seeds", "held-out loss",
-            "Δ% vs qat [95% CI]",
-            "teacher MSE", "Δ% vs qat [95% CI]", "largest spike", "diverged", "final train loss",
-            f"outcome (±{WIN_PCT:g} %)"]
-    rows = [[r["cell"], f"{fmt(r['teacher_absmax_over_std'], 1)}, "
-             f"{fmt(r['teacher_kurtosis'], 1)}", r["method"], f"{r['lr']:g}", str(r["seeds"]),
-             fmt(r["heldout_loss"], 4, r["heldout_loss_std"]),
-             fmt_delta(r["d_heldout"], r["ci_heldout"]), fmt(r["teacher_mse"], 4),
-             fmt_delta(r["d_mse"], r["ci_mse"]), f"{r['max_spike']:.1f}×",
-             f"{r['divergence_rate']:.0%}", fmt(r["final_train_loss"], 4), r["outcome"]]
-            for r in table.to_dict("records")]
+            "ratio vs qat (Δ% [95% CI])", "Holm p", "raw Δ% vs qat [95% CI]",
+            "largest spike: all / first update / stage starts / steady", "diverged",
+            "final train loss", f"outcome (±{WIN_PCT:g} %)"]
+    rows = []
+    for cell in dict.fromkeys(table["cell"]):
+        cell_rows = table[table["cell"] == cell].to_dict("records")
+        for r in cell_rows:
+            e = r["effect_heldout"]
+            rows.append([r["cell"], f"{fmt(r['teacher_absmax_over_std'], 1)}, "
+                         f"{fmt(r['teacher_kurtosis'], 1)}", r["method"], f"{r['lr']:g}",
+                         str(r["seeds"]), fmt(r["heldout_loss"], 4, r["heldout_loss_std"]),
+                         fmt_effect(e) if e else "-", fmt(e.get("p_adj"), 2) if e else "-",
+                         fmt_delta(r["d_heldout"], r["ci_heldout"]),
+                         " / ".join(_spike(r[k]) for k in SPIKES),
+                         f"{r['divergence_rate']:.0%}", fmt(r["final_train_loss"], 4),
+                         r["outcome"]])
+        ran = {r["method"] for r in cell_rows}
+        rows += [[cell, "", m, "", "0", "not run", *["-"] * 6, "-"] for m in arms
+                 if m not in ran]
     return markdown_table(head, rows)
 
 
 def verdict(table: pd.DataFrame) -> str:
     frac = table[table["method"].isin(FRACTIONAL)]
-    wins, ns = frac[frac["outcome"] == "wins"], frac[frac["outcome"] == "wins (n.s.)"]
-    text = ("Fractional schedules beating standard QAT by ≥ 4 % on the held-out loss, the 95 % "
-            "interval excluding no change: " +
+    wins = frac[frac["outcome"] == "wins"]
+    unused = table[table["outcome"].str.startswith("not used")]["cell"].unique()
+    text = (f"Fractional schedules beating standard QAT by ≥ {WIN_PCT:g} % on the held-out "
+            "loss, Holm-adjusted over the cells with ≥ 5 seeds: " +
             (", ".join(f"`{r.method}` in `{r.cell}`" for r in wins.itertuples())
              if len(wins) else "none") + ".")
-    if len(ns):
-        text += (" By ≥ 4 % on the mean only (interval includes 0): " +
-                 ", ".join(f"`{r.method}` in `{r.cell}`" for r in ns.itertuples()) + ".")
+    if len(unused):
+        text += (f" Cells with fewer than {MIN_SEEDS} seeds ({', '.join(f'`{c}`' for c in unused)})"
+                 " are shown but used by no verdict.")
     return text
-
-
-MAP_METHODS = ("qat", "qat-warmup", "fraqat-late")
-
-
-def _spike_steps(gpu: dict | None) -> str:
-    """Where ``fraqat-late``'s spikes happen, from the GPU runs (their JSON keeps the step)."""
-    steps = [r["max_spike_step"] for r in (gpu or {}).get("runs", [])
-             if r.get("status") == "ok" and r["method"] == "fraqat-late"]
-    if not steps:
-        return ""
-    first = sum(s <= 1 for s in steps)
-    return (f"; in {first} of its {len(steps)} GPU runs the spike is the first update (step "
-            "≤ 1): the 8-bit start is almost lossless and takes the full learning rate at once, "
-            "where `qat-warmup` ramps it up")
-
-
-def _cell_row(table: pd.DataFrame, cell: str) -> dict[str, dict]:
-    return {r["method"]: r for r in table[table["cell"] == cell].to_dict("records")}
-
-
-def fair_promotion(fair: dict | None) -> str:
-    """Which fractional schedules the fair default table (``reports/metrics.json``'s
-    ``fair.*`` keys) finds ≥ 4 % better than tuned QAT on both sensitive metrics."""
-    if not fair:
-        return "The fair default table (`dvc repro`) has not been run."
-    key = "fair.{}.{}_vs_qat.delta_pct"
-    tested = [m for m in FRACTIONAL if key.format("heldout_loss", m) in fair]
-    wins = [m for m in tested if all(fair.get(key.format(k, m), 0.0) <= -WIN_PCT
-                                     for k in ("heldout_loss", "teacher_mse"))]
-    return ("In the fair default table (`reports/comparison.md`) " +
-            (f"{', '.join(f'`{m}`' for m in wins)} beat tuned QAT by ≥ {WIN_PCT:g} % on both"
-             if wins else f"no fractional schedule ({', '.join(f'`{m}`' for m in tested)}) "
-             f"beats tuned QAT by ≥ {WIN_PCT:g} % on both, so none is promoted") + ".")
-
-
-def regime_map(tables: dict[str, pd.DataFrame], gpu: dict | None = None,
-               fair: dict | None = None) -> str:
-    """``## Regime map``: per machine and cell, the fractional schedule and the warm-up control
-    against standard QAT at the same rate, the stability columns, and findings computed from
-    them (where FraQAT wins, ties and loses; whether the paper's mechanism shows)."""
-    head = ["machine", "cell", "teacher abs-max/std", "`fraqat-late` vs `qat`",
-            "`qat-warmup` vs `qat`", "largest spike (qat / warm-up / fraqat-late)",
-            "diverged (qat / warm-up / fraqat-late)"]
-    rows, wins, warm_beats, spikier, cells, damage = [], [], [], 0, 0, []
-    for machine, table in tables.items():
-        for cell in dict.fromkeys(table["cell"]):
-            by = _cell_row(table, cell)
-            if not all(m in by for m in MAP_METHODS):
-                continue
-            f, w, q = by["fraqat-late"], by["qat-warmup"], by["qat"]
-            cells += 1
-            spikier += f["max_spike"] > q["max_spike"]
-            if f["outcome"] == "wins":
-                wins.append(f"`{cell}` ({machine})")
-                if w["heldout_loss"] < f["heldout_loss"]:
-                    warm_beats.append(f"`{cell}` ({machine})")
-            base = _cell_row(table, cell.replace("-outliers", ""))
-            if "-outliers" in cell and all(m in base for m in MAP_METHODS):
-                damage.append(f"`{cell}` ({machine}): " + ", ".join(
-                    f"{m} ×{by[m]['heldout_loss'] / base[m]['heldout_loss']:.1f}"
-                    for m in MAP_METHODS))
-            rows.append([machine, cell, fmt(q["teacher_absmax_over_std"], 1),
-                         f"{fmt_delta(f['d_heldout'], f['ci_heldout'])} {f['outcome']}",
-                         f"{fmt_delta(w['d_heldout'], w['ci_heldout'])} {w['outcome']}",
-                         " / ".join(f"{by[m]['max_spike']:.0f}×" for m in MAP_METHODS),
-                         " / ".join(f"{by[m]['divergence_rate']:.0%}" for m in MAP_METHODS)])
-    if not rows:
-        return ""
-    outcomes = pd.Series([r[3].rsplit(" ", 1)[-1] if "(n.s.)" not in r[3] else "n.s."
-                          for r in rows]).value_counts()
-    findings = [
-        f"- `fraqat-late` vs standard QAT at the same learning rate, held-out loss, {cells} "
-        f"cells: wins in {outcomes.get('wins', 0)}, ties in {outcomes.get('ties', 0)}, loses "
-        f"in {outcomes.get('loses', 0)}, a ≥ 4 % difference that the 95 % interval does not "
-        f"confirm in {outcomes.get('n.s.', 0)}.",
-        "- Where it wins (" + (", ".join(wins) or "nowhere") + "), the warm-up control "
-        "(standard QAT with a warm-up as long as the high-bit stages) is better still in "
-        f"{len(warm_beats)} of {len(wins)}: the gain is the implicit warm-up, not the "
-        "fractional bits." if wins else "- `fraqat-late` wins in no cell.",
-        f"- Fewer loss spikes (the paper's stability argument): `fraqat-late`'s largest spike "
-        f"is above standard QAT's in {spikier} of {cells} cells" + _spike_steps(gpu) + ".",
-        "- Outlier damage (held-out loss with outliers / without, same cell otherwise): "
-        + ("; ".join(damage) if damage else "no paired cells") + ".",
-        "- Promotion to a named schedule needs ≥ 4 % on both sensitive metrics against "
-        "*tuned* QAT; these cells hold the rate fixed and measure the held-out loss only. "
-        + fair_promotion(fair)]
-    return "\n".join(["## Regime map", "", markdown_table(head, rows), "", *findings, ""])
 
 
 def gpu_runs(gpu: dict) -> pd.DataFrame:
     """The finished runs of ``pipelines.experiments.regime_gpu``'s JSON, as :func:`runs` rows."""
     teachers = gpu.get("teachers", {})
     rows = [{"cell": r["cell"], "method": r["method"], "seed": r["seed"],
-             **{f"train.{k}": r[k] for k in ("final_target_loss", "max_spike", "diverged",
-                                              "final_loss", "lr")},
+             **{f"train.{k}": r.get(k) for k in ("final_target_loss", *SPIKES, "max_spike_step",
+                                                  "diverged", "final_loss", "lr")},
              **{f"teacher.{k}": v for k, v in teachers.get(r["teacher"], {}).items()
                 if k.startswith("max_")}}
             for r in gpu.get("runs", []) if r.get("status") == "ok"]
@@ -281,38 +240,83 @@ def gpu_section(gpu: dict) -> str:
     if df.empty:
         return "\n".join(lines + ["No finished runs.", ""])
     table = summarize(df)
-    return "\n".join(lines + [verdict(table), "", table_markdown(table), ""])
+    return "\n".join(lines + [verdict(table), "", table_markdown(table, ARMS), ""])
 
 
-def render(table: pd.DataFrame, gpu: dict | None = None) -> str:
+def render(table: pd.DataFrame, gpu: dict | None = None,
+           cpu_runs: pd.DataFrame | None = None) -> str:
+    """regime.md: the map (``pipelines.experiments.regime_map``), the CPU and GPU tables.
+    ``cpu_runs``: the per-seed rows behind ``table`` (``regime_runs.csv``), for the factorial."""
+    machines = {"CPU": (table, cpu_runs)}
+    if gpu and len(gpu_runs(gpu)):
+        machines["GPU"] = (summarize(gpu_runs(gpu)), gpu_runs(gpu))
     return "\n".join([
         "# The paper's regime: outliers, lower bits, a high learning rate, stability", "",
         "DVC experiments of the whole pipeline "
         "(`python -m pipelines.experiments.regime queue`), one "
         "learning rate for every method (no tuning: the rate is the regime), held-out loss at "
-        "the target bits and sample MSE to the teacher; Δ% against `qat` of the same cell, "
-        "paired over seeds (held-out loss: the train stage's probe of the held-out split at the "
-        "target bits; the cells stop at `train`, so no teacher MSE: the outcome here uses the "
-        "held-out loss alone). "
-        "Largest spike = max loss / running median of the previous 20 "
-        "steps of the same bit-width (1.0× = no spike); diverged = the run ended above the "
-        "loss of its first target-bit step. `*-outliers-*`: the teacher's value/output and "
-        "GLU channel pairs rescaled (1.5 % of the channels × 50, same FP function; "
-        "`fraqat/models/outliers.py`).", "",
-        regime_map({"CPU": table, **({"GPU": summarize(gpu_runs(gpu))} if gpu and
-                                     len(gpu_runs(gpu)) else {})}, gpu, read_fair()),
-        "## CPU cells (DVC experiments)", "", verdict(table), "", table_markdown(table), "",
-        *([gpu_section(gpu)] if gpu else [])])
+        "the target bits (the train stage's probe of the held-out split; the cells stop at "
+        "`train`, so the outcome uses the held-out loss alone). Ratio = geometric mean over "
+        "seeds of method / `qat` of the same cell and seed, with the Student-t 95 % interval "
+        "of the mean log-ratio (primary); † marks an interval rebuilt from the raw paired "
+        "Δ% (cells collected before the per-seed values were kept: the ratio of the means); "
+        "raw Δ% beside it. Holm p: adjusted over the cells with ≥ 5 seeds, per method and "
+        "machine. Outcome: *wins* / *loses* when the effect is ≥ 4 % with Holm p < 0.05, "
+        "*ties* when the interval lies within ±4 %, else *unresolved*. Spikes = loss / running "
+        "median of the previous 20 steps of the same bit-width (1.0× = none), reported as the "
+        "largest overall, at the first update, in the first 10 steps of each stage, and "
+        "elsewhere (steady); diverged = the run ended above the loss of its first target-bit "
+        "step. `*-outliers-*`: the teacher's value/output and GLU channel pairs rescaled "
+        "(1.5 % of the channels × 50, same FP function; `fraqat/models/outliers.py`).", "",
+        regime_map(machines, gpu, read_fair(), cpu_scope()),
+        "## CPU cells (DVC experiments)", "", verdict(table), "", table_markdown(table, ARMS),
+        "", *([gpu_section(gpu)] if gpu else [])])
+
+
+def cpu_scope(path: Path = Path("params.yaml")) -> float | None:
+    """Parameter count (M) of the CPU cells' teacher transformer: ``params.yaml``'s
+    ``pretrain`` block (every CPU cell keeps it), built without weights; None without it."""
+    from diffusers import SanaTransformer2DModel
+
+    from fraqat.models.registry import tiny_sana_config
+    from fraqat.params import load_params
+
+    if not path.exists():
+        return None
+    p = load_params(path).pretrain
+    with torch.device("meta"):
+        model = SanaTransformer2DModel(**tiny_sana_config(p.width, p.layers, p.heads,
+                                                          p.patch_size))
+    return sum(x.numel() for x in model.parameters()) / 1e6
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """``regime.csv`` back into :func:`summarize`'s frame (intervals were written as JSON)."""
+    """``regime.csv`` back into :func:`summarize`'s frame (intervals were written as JSON); a
+    CSV without per-seed log-ratios gets the raw paired test's interval (marked ``raw``),
+    and the outcomes are decided again."""
     table = pd.read_csv(path)
-    for col in ("ci_heldout", "ci_mse"):
-        table[col] = table[col].map(lambda v: json.loads(v) if isinstance(v, str) else None)
+    for col in ("ci_heldout", "ci_mse", "effect_heldout"):
+        if col in table:
+            table[col] = table[col].map(lambda v: json.loads(v) if isinstance(v, str) else None)
     for col in ("d_heldout", "d_mse"):
         table[col] = table[col].astype(object).where(table[col].notna(), None)
-    return table
+    for k in SPIKES:
+        table[k] = table[k] if k in table else float("nan")
+    if "effect_heldout" not in table:
+        table["effect_heldout"] = [
+            interval_from_raw(r.d_heldout, r.ci_heldout, int(r.seeds))
+            if r.method != "qat" and r.ci_heldout else None for r in table.itertuples()]
+    return decide(table.drop(columns=["outcome"], errors="ignore"))
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    table.assign(**{c: table[c].map(json.dumps) for c in ("ci_heldout", "ci_mse",
+                                                           "effect_heldout")}
+                 ).to_csv(path, index=False)
+
+
+def read_runs() -> pd.DataFrame | None:
+    return pd.read_csv(RUNS_CSV) if RUNS_CSV.exists() else None
 
 
 def read_fair() -> dict | None:
@@ -340,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         queue(args.seeds, args.cells, args.target)
         return 0
     if args.cmd == "render":
-        write_text(OUT / "regime.md", render(read_table(OUT / "regime.csv"), read_gpu()))
+        write_text(OUT / "regime.md", render(read_table(OUT / "regime.csv"), read_gpu(),
+                                             read_runs()))
         print(f"wrote {OUT}/regime.md")
         return 0
     show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"],
@@ -351,10 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = summarize(df)
     OUT.mkdir(parents=True, exist_ok=True)
-    table.assign(ci_heldout=table["ci_heldout"].map(json.dumps),
-                 ci_mse=table["ci_mse"].map(json.dumps)).to_csv(OUT / "regime.csv", index=False)
-    write_text(OUT / "regime.md", render(table, read_gpu()))
-    print(f"wrote {OUT}/regime.{{md,csv}} ({df['cell'].nunique()} cells, {len(df)} runs)")
+    df.to_csv(RUNS_CSV, index=False)  # the per-seed values: log-ratios and the factorial
+    write_table(table, OUT / "regime.csv")
+    write_text(OUT / "regime.md", render(table, read_gpu(), df))
+    print(f"wrote {OUT}/regime{{.md,.csv,_runs.csv}} ({df['cell'].nunique()} cells, "
+          f"{len(df)} runs)")
     return 0
 
 

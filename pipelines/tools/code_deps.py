@@ -3,9 +3,10 @@
 ``python -m pipelines.tools.code_deps`` prints, per stage, the ``fraqat/`` files its command runs;
 ``--write`` puts them into ``dvc.yaml``; ``tests/test_imports.py`` fails when ``dvc.yaml``
 lists anything else. A stage's code is everything ``fraqat/stages/<stage>.py`` imports inside
-the package, transitively (function-level imports included), plus ``fraqat/__init__.py`` and
-the params schema that ``fraqat <stage>`` validates first. One file missing means ``dvc repro``
-calls stale results up to date; one extra re-runs a stage for code it never runs.
+the package, transitively (function-level imports included), plus ``fraqat/__init__.py``,
+the params schema that ``fraqat <stage>`` validates first and the thread pin it applies. One
+file missing means ``dvc repro`` calls stale results up to date; one extra re-runs a stage
+for code it never runs.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def closure(start: Path) -> set[Path]:
 
 def stage_code(stage: dict) -> set[str]:
     sub = stage["cmd"].split()[1]
-    files = closure(PACKAGE / "stages" / f"{sub}.py") | closure(PACKAGE / "params.py")
+    files = (closure(PACKAGE / "stages" / f"{sub}.py") | closure(PACKAGE / "params.py")
+             | closure(PACKAGE / "threads.py"))  # the CLI pins every stage's threads
     return {str(f.relative_to(ROOT)) for f in files}
 
 

@@ -40,6 +40,19 @@ def results(root: Path) -> str:
     return "\n\n".join([first_table(md), section(md, "The paper's claim")])
 
 
+def finding(root: Path) -> str:
+    """The README's first-screen sentence: the default table's generated verdict on the
+    factorial's fractional arm against standard QAT (``reports/comparison.md``), else the
+    regime map's first finding; both scoped and interval-bounded where they are written."""
+    md = (root / "reports/comparison.md").read_text()
+    for sentence in re.split(r"(?<=\.) (?=On |\*\*)", md):
+        if sentence.startswith("On ") and "`fraqat-late` " in sentence and "`qat`:" in sentence:
+            return sentence.strip()
+    regime = section((root / "reports/regime/regime.md").read_text(), "Regime map")
+    bullets = [line[2:] for line in regime.splitlines() if line.startswith("- ")]
+    return bullets[0] if bullets else "No finding yet: run `dvc repro`."
+
+
 def ablation(root: Path) -> str:
     return section((root / "reports/ablation/ablation.md").read_text(), "Finding")
 
@@ -155,7 +168,8 @@ def regime(root: Path) -> str:
     return section((root / "reports/regime/regime.md").read_text(), "Regime map")
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"results": results, "ablation": ablation,
+BLOCKS: dict[str, Callable[[Path], str]] = {"finding": finding, "results": results,
+                                            "ablation": ablation,
                                             "regime": regime, "export": export, "needs": needs,
                                             "layout": layout}
 

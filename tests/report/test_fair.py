@@ -1,51 +1,86 @@
-"""fraqat.report.fair: outcomes follow the ±4 % rule on both metrics; the verdict names the best
-fractional schedule and the controls, generated from the numbers."""
+"""fraqat.report.fair: log-ratio effects with Holm over the table, one symmetric rule, the
+factorial, and verdict sentences generated from the intervals."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from fraqat.report.fair import comparisons, flat, outcome, tune_markdown, verdict
+from fraqat.report.fair import (
+    comparisons,
+    comparisons_markdown,
+    factorial_markdown,
+    flat,
+    tune_markdown,
+    verdict,
+)
+
+SCOPE = "the tiny-sana teacher on 8×8 digits, W4A8"
 
 
-@pytest.mark.parametrize(("deltas", "expected"), [
-    ([-5.0, -4.0], "wins"), ([-5.0, -3.9], "ties"), ([3.9, -1.0], "ties"),
-    ([4.0, 0.0], "loses"), ([6.0, -6.0], "ties"), ([None, -9.0], "-")])
-def test_outcome(deltas: list, expected: str) -> None:
-    assert outcome(deltas) == expected
-
-
-def evals(values: dict[str, tuple[float, float]]) -> pd.DataFrame:
+def evals(values: dict[str, tuple[float, float]], seeds: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    jitter = np.exp(rng.normal(0, 0.01, seeds))  # shared by every method: paired seeds
     rows = []
     for method, (loss, mse) in values.items():
-        for seed, jitter in enumerate((0.99, 1.01)):
-            rows.append({"method": method, "seed": seed, "heldout_distill_loss": loss * jitter,
-                         "teacher_mse": mse * jitter})
+        own = np.exp(rng.normal(0, 0.005, seeds))
+        for seed in range(seeds):
+            rows.append({"method": method, "seed": seed,
+                         "heldout_distill_loss": loss * jitter[seed] * own[seed],
+                         "teacher_mse": mse * jitter[seed] * own[seed]})
     return pd.DataFrame(rows)
 
 
-def test_verdict_from_the_table() -> None:
-    ev = evals({"ptq": (0.09, 0.02), "qat": (0.010, 0.0030), "fraqat": (0.012, 0.0036),
-                "fraqat-late": (0.0101, 0.0029), "qat-warmup": (0.0102, 0.0030),
-                "qat-target-steps": (0.0110, 0.0033)})
-    methods = ["ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "qat-target-steps"]
-    rows = comparisons(ev, methods, "fraqat-late")
+METHODS = ["ptq", "qat", "qat-warmup", "fraqat-late", "fraqat-late-warmup"]
+VALUES = {"ptq": (0.09, 0.02), "qat": (0.010, 0.0030), "qat-warmup": (0.0090, 0.0027),
+          "fraqat-late": (0.0110, 0.0033), "fraqat-late-warmup": (0.0101, 0.0030)}
+
+
+def test_outcomes_follow_the_symmetric_rule_with_holm() -> None:
+    rows = comparisons(evals(VALUES), METHODS, "fraqat-late")
     got = {(r["method"], r["ref"]): r["outcome"] for r in rows}
-    assert got[("fraqat", "qat")] == "loses" and got[("fraqat-late", "qat")] == "ties"
-    assert got[("qat-target-steps", "fraqat-late")] == "loses"
-    text = verdict(rows, ev, {"qat": 3e-4, "fraqat": 3e-3, "fraqat-late": 1e-3},
-                   "fraqat-late", "W4A8")
-    assert "`fraqat-late` (lr 0.001), ties with tuned standard QAT (lr 0.0003)" in text
-    assert "held-out loss +1.0%" in text and "on both sensitive metrics: none" in text
-    assert "`fraqat` (lr 0.003): held-out loss +20.0% and teacher MSE +20.0% (loses)" in text
-    assert flat(rows)["fair.heldout_loss.fraqat_vs_qat.delta_pct"] == pytest.approx(20.0)
+    assert got[("qat-warmup", "qat")] == "wins" and got[("fraqat-late", "qat")] == "loses"
+    assert got[("fraqat-late-warmup", "qat")] == "ties"
+    assert got[("qat-warmup", "fraqat-late")] == "wins"
+    assert got[("fraqat-late-warmup", "qat-warmup")] == "loses"
+    ps = [x["effect"]["p_adj"] for r in rows for x in r["results"].values()]
+    raw = [x["effect"]["p"] for r in rows for x in r["results"].values()]
+    assert all(a >= b for a, b in zip(ps, raw, strict=True)) and max(ps) <= 1.0
+    md = comparisons_markdown(rows)
+    assert "| fraqat-late | qat | ×1.1" in md and "| loses |" in md
+
+
+def test_factorial_and_verdict_sentences() -> None:
+    ev = evals(VALUES)
+    rows = comparisons(ev, METHODS, "fraqat-late")
+    text = verdict(rows, ev, {"qat": 3e-4, "fraqat-late": 1e-3}, "fraqat-late", SCOPE)
+    assert f"On {SCOPE}, `fraqat-late` loses to `qat`: held-out loss ×1.1" in text
+    assert f"On {SCOPE}, `qat-warmup` beats `qat`" in text
+    assert f"Factorial on {SCOPE} (held-out loss" in text and "fractional bits ×1.1" in text
+    assert "interaction ×" in text and ": higher, ≥ 4 % and confirmed" in text
+    assert "(paired t test on the log-ratios, 80 % power, α 0.05)" in text
+    assert "`fraqat-late` 0.001" in text and "Verdict:" not in text
+    md = factorial_markdown(ev)
+    assert "| interaction |" in md and "| warm-up | ×0.9" in md
+    keys = flat(rows)
+    assert keys["fair.heldout_loss.fraqat-late_vs_qat.ratio_pct"] == pytest.approx(10.0, abs=3)
+    assert "fair.teacher_mse.qat-warmup_vs_qat.p_holm" in keys
+
+
+def test_missing_arm_and_too_few_seeds() -> None:
+    ev = evals({k: v for k, v in VALUES.items() if k != "fraqat-late-warmup"}, seeds=2)
+    assert factorial_markdown(ev).startswith("Not run: `fraqat-late-warmup`")
+    rows = comparisons(ev, METHODS[:-1], "fraqat-late")
+    assert {r["outcome"] for r in rows} <= {"unresolved", "wins", "loses", "ties"}
+    text = verdict(rows, ev, {}, "fraqat-late", SCOPE)
+    assert "2 seeds" in text
 
 
 def test_verdict_without_a_pair() -> None:
     ev = evals({"qat": (0.01, 0.003)})
     assert "cannot be tested" in verdict(comparisons(ev, ["qat"], "fraqat-late"), ev, {},
-                                         "fraqat-late", "W4A8")
+                                         "fraqat-late", SCOPE)
 
 
 def test_tune_markdown() -> None:
@@ -54,7 +89,7 @@ def test_tune_markdown() -> None:
     assert "| qat | 0.0200 | 0.0100 | 0.001 (edge) |" in md
 
 
-def test_outcome_not_confirmed_by_the_interval_is_marked() -> None:
+def test_a_mean_difference_the_seeds_do_not_confirm_is_unresolved() -> None:
     rows = []
     for seed, (q, f) in enumerate([(0.010, 0.0125), (0.010, 0.0095), (0.010, 0.012)]):
         rows += [{"method": "qat", "seed": seed, "heldout_distill_loss": q, "teacher_mse": q},
@@ -63,7 +98,6 @@ def test_outcome_not_confirmed_by_the_interval_is_marked() -> None:
     ev = pd.DataFrame(rows)
     (row,) = comparisons(ev, ["qat", "fraqat"], "fraqat-late")
     assert row["results"]["heldout_distill_loss"]["delta_pct"] > 4  # +13 % on the mean...
-    assert row["outcome"] == "loses (n.s.)"  # ...but one seed is better: not confirmed
-    text = verdict([row], ev, {}, "fraqat-late", "W4A8")
-    assert "loses to (on the means; the 95 % interval over seeds includes no change)" in text
-    assert "on both sensitive metrics: none" in text
+    assert row["outcome"] == "unresolved"  # ...but one seed is better: not confirmed
+    text = verdict([row], ev, {}, "fraqat-late", SCOPE)
+    assert "`fraqat` is not resolved against `qat`" in text and "seeds would resolve" in text

@@ -40,3 +40,19 @@ def test_a_planned_bit_drop_is_not_a_spike_nor_a_divergence() -> None:
     assert max_spike(losses, bits) == (1.0, 0)
     assert max_spike(losses)[0] == 50.0  # without the stages it would be one
     assert not stability(losses, bits)["diverged"] and stability(losses)["diverged"]
+
+
+def test_first_update_and_stage_starts_are_reported_apart() -> None:
+    bits = [8.0] * 40 + [4.0] * 60
+    losses = [0.001, 0.5] + [0.01] * 38 + [0.2, 0.2, 2.0] + [0.1] * 26 + [0.6] + [0.1] * 30
+    s = stability(losses, bits)
+    assert s["first_update_spike"] == pytest.approx(500.0)  # 0.5 over the single loss 0.001
+    assert s["stage_start_spike"] == pytest.approx(10.0) and s["stage_start_spike_step"] == 42
+    assert s["steady_spike"] == pytest.approx(6.0) and s["steady_spike_step"] == 69
+    assert s["max_spike"] == pytest.approx(500.0) and s["max_spike_step"] == 1
+    assert max_spike(losses, bits) == (s["max_spike"], 1)
+
+
+def test_a_flat_curve_has_no_spike_in_any_part() -> None:
+    s = stability([1.0] * 50, [4.0] * 50)
+    assert s["first_update_spike"] == s["stage_start_spike"] == s["steady_spike"] == 1.0

@@ -27,11 +27,11 @@ def _metrics(qat: float, fraqat: float, ci: tuple[float, float]) -> dict:
                   "probe.final.fraqat": fraqat}
 
 
-def _exp(name: str, bits: int, qat: float, fraqat: float, ci=(-1.0, 1.0), stamp="2026-11-25T10",
-         state: str | None = None) -> dict:
+def _exp(name: str, bits: int, qat: float, fraqat: float, ci=(-1.0, 1.0), seeds: int = 3,
+         stamp="2026-11-25T10", state: str | None = None) -> dict:
     data = {"timestamp": stamp,
             "params": {"params.yaml": {"data": {
-                "bits": bits, "seeds": [0, 1, 2], "quant": {"granularity": "tensor"},
+                "bits": bits, "seeds": list(range(seeds)), "quant": {"granularity": "tensor"},
                 "schedule": {"final_fraction": 0.7, "step": 0.5, "fraqat_kind": "fraqat"},
                 "train": {"steps": 400, "lr_schedule": "restart"}}}},
             "metrics": {"reports/metrics.json": {"data": _metrics(qat, fraqat, ci)}}}
@@ -59,15 +59,20 @@ def _cells(*specs) -> pd.DataFrame:
     return cell_table(experiments([{"rev": "HEAD", "experiments": [_exp(*s) for s in specs]}]))
 
 
-def test_findings_promote_only_a_significant_win_on_both_metrics():
-    lose = findings(_cells(("a", 4, 0.010, 0.012, (10.0, 30.0))), pd.DataFrame())
-    assert any("In no cell does FraQAT beat standard QAT by ≥ 4 %" in s for s in lose)
-    assert any("QAT significantly better in 1" in s for s in lose)
-    assert any("0.90–0.90× its value after the first step" in s for s in lose)
-    noisy = findings(_cells(("b", 4, 0.010, 0.009, (-20.0, 1.0))), pd.DataFrame())
-    assert any("but not significantly: no schedule is promoted" in s for s in noisy)
-    win = findings(_cells(("c", 4, 0.010, 0.009, (-15.0, -5.0))), pd.DataFrame())
-    assert any("significantly, in: `c`" in s for s in win)
+def test_findings_promote_only_a_confirmed_win_on_both_metrics_with_5_seeds():
+    lose = findings(_cells(("a", 4, 0.010, 0.012, (10.0, 30.0), 5)), pd.DataFrame(), "T")
+    assert any("On T, W4A8, per-tensor scales, 400 steps, 5 seeds per cell, FraQAT beats "
+               "standard QAT by ≥ 4 % on both sensitive metrics (Holm p < 0.05) in no cell"
+               in s for s in lose)
+    assert any("FraQAT ≥ 4 % worse, confirmed in 1" in s for s in lose)
+    noisy = findings(_cells(("b", 4, 0.010, 0.009, (-20.0, 1.0), 5)), pd.DataFrame(), "T")
+    assert any("≥ 4 % better on both on the means only in `b`" in s for s in noisy)
+    win = findings(_cells(("c", 4, 0.010, 0.009, (-15.0, -5.0), 5)), pd.DataFrame(), "T")
+    assert any("(Holm p < 0.05) in: `c`" in s for s in win)
+    few = findings(_cells(("d", 4, 0.010, 0.009, (-15.0, -5.0), 3)), pd.DataFrame(), "T")
+    assert any("1 cell(s) with fewer than 5 seeds (3) are shown and used by no verdict" in s
+               for s in few)
+    assert not any("in: `d`" in s for s in few)
 
 
 def test_size_table_pairs_variants_with_their_qat_by_seed():

@@ -30,7 +30,8 @@ def test_render_replaces_a_stale_block(tmp_path):
     (tmp_path / "benchmarks/results").mkdir(parents=True)
     (tmp_path / "benchmarks/results/export-sana-600m-cpu.json").write_text(
         json.dumps({"verify": export, "sizes": export["sizes"]}))
-    stale = ("x\n<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
+    stale = ("x\n<!-- finding:start -->\nold\n<!-- finding:end -->\n"
+             "<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
              "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n"
              "<!-- regime:start -->\nold\n<!-- regime:end -->\n"
              "<!-- export:start -->\nold\n<!-- export:end -->\n"
@@ -40,11 +41,17 @@ def test_render_replaces_a_stale_block(tmp_path):
     assert "Pending the GPU run" in out  # no pipeline-stages JSON in tmp_path
     assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
     assert "<!-- regime:start -->\n- map\n<!-- regime:end -->" in out
+    assert "<!-- finding:start -->\nmap\n<!-- finding:end -->" in out  # the map's first
+    (tmp_path / "reports/comparison.md").write_text(
+        "| a |\n|---|\n\n## The paper's claim\n\n**V** (x). On T, `fraqat-late` loses to "
+        "`qat`: a. On T, `qat-warmup` beats `qat`: b.\n")
+    assert "<!-- finding:start -->\nOn T, `fraqat-late` loses to `qat`: a.\n<!-- finding:end" \
+        in render(stale, tmp_path)
     assert "| 1.0e-04 (≤ 0.01) | 2.0e-03 | 7.0e-02 | 0 of 10 differ | 1 → 0.125 MiB |" in out
     del export["per_tensor_semantics"]["end_to_end_rel_l2_error"]  # an older export report
     (tmp_path / "reports/export.json").write_text(json.dumps(export))
     assert "not yet reproduced with per-tensor quantizers" in render(stale, tmp_path)
-    with pytest.raises(ValueError, match="no block 'results'"):
+    with pytest.raises(ValueError, match="no block 'finding'"):
         render("nothing here", tmp_path)
 
 
