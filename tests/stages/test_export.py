@@ -43,7 +43,8 @@ def scratch(tmp_path, monkeypatch):
         model.predict(calib["x_t"][sl], calib["t"][sl], hidden, mask)
 
     calibrate_activations(model.transformer, [slice(0, 16), slice(16, 32)], forward)
-    save_run(paths.run_dir("fraqat", 0), model, config, {"method": "fraqat"})
+    method = params.export.method
+    save_run(paths.run_dir(method, 0), model, config, {"method": method})
     from fraqat.stages import convert
 
     convert.run(params)
@@ -93,7 +94,7 @@ def test_stage_refuses_a_run_trained_without_per_tensor_quantizers(scratch):
     from fraqat.io import read_json, write_json
     from fraqat.stages import export
 
-    info = paths.run_dir("fraqat", 0) / "quant.json"
+    info = paths.run_dir(scratch.export.method, 0) / "quant.json"
     write_json(info, {k: v for k, v in read_json(info).items() if k != "tensor_quantizers"})
     with pytest.raises(FraqatError, match="before per-tensor activation quantizers"):
         export.run(scratch)
