@@ -140,6 +140,7 @@ class Params(_Strict):
     methods: list[Literal[TRAINED_METHODS]] = [  # type: ignore[valid-type]
         "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "qat-target-steps"]
     seeds: list[int] = [0, 1]
+    smoke: bool = False  # a plumbing run at toy sizes: the report states no verdict
     data: DataParams = DataParams()
     pretrain: PretrainParams = PretrainParams()
     outliers: OutlierParams = OutlierParams()
