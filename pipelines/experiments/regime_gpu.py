@@ -1,7 +1,7 @@
 """The paper's regime on the GPU machine, through the pipeline's own stages, without DVC.
 
 The GPU machine has no DVC, so this does what ``dvc repro`` would for a few regime cells: it
-writes params.yaml with ``profiles/mnist-gpu.yaml`` plus each cell's overrides as ``params.yaml`` of a scratch
+writes params.yaml with ``profiles/mnist-gpu.yaml`` and each cell's overrides into a scratch
 project and runs ``python -m fraqat.cli <stage>`` there as subprocesses. Cells that share a
 teacher (same ``data``/``pretrain``/``outliers``/``calibration``) share one chain
 ``prepare → pretrain → calibrate → teacher``, as DVC's cache would; each cell then gets its own
