@@ -4,8 +4,8 @@ Reads ``reports/eval/*.json`` (+ ``noise.json``), ``reports/train/*.{json,tsv}``
 files for the methods and seeds in params; writes ``reports/comparison.{md,csv}``,
 ``reports/metrics.json`` (the headline: flat keys such as ``fid.fraqat`` for ``dvc exp show``),
 ``reports/details.json`` (every flat number) and ``reports/plots/{fid,training,samples}.png``.
-A smoke run (``smoke: true``, toy sizes) states that it gives no verdict. Missing runs are listed, not fatal, so a partial
-matrix still reports; no evaluation result at all is an error.
+A smoke run (``smoke: true``, toy sizes) states that it gives no verdict. Missing runs are
+listed, not fatal, so a partial matrix still reports; no evaluation result at all is an error.
 """
 
 from __future__ import annotations
