@@ -122,7 +122,7 @@ class EvalParams(_Strict):
 
 
 class ExportParams(_Strict):
-    method: Literal["fraqat", "qat", "int-progressive", "ptq"] = "fraqat"
+    method: Literal[("auto", *TRAINED_METHODS)] = "auto"  # type: ignore[valid-type]  # best FID
     opset: int = Field(21, ge=13, le=23)
     weight_dtype: Literal["int4", "int8"] = "int4"
     num_check_samples: int = Field(16, ge=1)

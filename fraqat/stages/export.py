@@ -1,7 +1,9 @@
 """Stage ``export``: the trained W4A8 transformer as ONNX QDQ + AIMET encodings for Qualcomm HTP.
 
-Reads the run ``export.method`` / ``seeds[0]`` and writes ``data/export/`` (``model.onnx``,
-``model.encodings``, ``manifest.json``) as one atomic directory, and ``reports/export.json``.
+Reads the run ``export.method`` / ``seeds[0]`` (``auto``: the trained method with the lowest
+mean FID in ``reports/comparison.csv``, the report's headline metric) and writes
+``data/export/`` (``model.onnx``, ``model.encodings``, ``manifest.json``) as one atomic
+directory, and ``reports/export.json``.
 The export is verified before it is kept: onnxruntime against the PyTorch fake-quant forward
 on ``export.num_check_samples`` calibration inputs, weight codes compared exactly (see
 :class:`fraqat.export.Tolerance`), and the run must have been trained with the per-tensor
@@ -18,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import onnxruntime
+import pandas as pd
 import torch
 
 from fraqat import export, paths
@@ -78,11 +81,31 @@ def trained_semantics(run_info: dict, transformer: torch.nn.Module) -> list[str]
     return []
 
 
+def chosen_method(params: Params) -> tuple[str, str]:
+    """The method to ship and why: ``export.method``, or for ``auto`` the best of the table."""
+    if params.export.method != "auto":
+        return params.export.method, "export.method in params.yaml"
+    if not paths.COMPARISON_CSV.exists():
+        raise FraqatError(f"export.method: auto picks the best method of {paths.COMPARISON_CSV}, "
+                          "which is missing (allowed: run `fraqat report` first, or name a "
+                          "method)")
+    table = pd.read_csv(paths.COMPARISON_CSV)
+    rows = table[table["method"].isin(params.methods)].dropna(subset=["fid_mean"])
+    if rows.empty:
+        raise FraqatError(f"export.method: auto found no trained method with an FID in "
+                          f"{paths.COMPARISON_CSV} (allowed: name a method)")
+    best = rows.loc[rows["fid_mean"].idxmin()]
+    return str(best["method"]), (f"export.method: auto, the lowest mean FID in "
+                                 f"{paths.COMPARISON_CSV} ({best['fid_mean']:.2f})")
+
+
 def manifest(params: Params, run_info: dict, result: export.ExportResult,
              sizes: dict, files: list[Path], inputs: dict[str, torch.Tensor]) -> dict:
     cfg = run_info.get("config", {})
     containers = Counter(result.lowered.weight_dtypes.values())
-    return {"model": params.model, "method": params.export.method, "seed": params.seeds[0],
+    method, why = chosen_method(params)
+    return {"model": params.model, "method": method, "method_reason": why,
+            "seed": params.seeds[0],
             "bits": cfg.get("weight_bits"), "act_bits": cfg.get("act_bits"),
             "granularity": cfg.get("granularity"), "opset": params.export.opset,
             "weight_dtype": params.export.weight_dtype, "weight_containers": dict(containers),
@@ -98,7 +121,9 @@ def manifest(params: Params, run_info: dict, result: export.ExportResult,
 
 def run(params: Params) -> None:
     e = params.export
-    run_dir = paths.run_dir(e.method, params.seeds[0])
+    method, why = chosen_method(params)
+    log.info("export: ships %s (%s)", method, why)
+    run_dir = paths.run_dir(method, params.seeds[0])
     model = load_run(run_dir, paths.TEACHER)
     calib = load_calibration()
     inputs: dict[str, torch.Tensor] | None = None
@@ -125,7 +150,8 @@ def run(params: Params) -> None:
         (out / "model.encodings").write_text(json.dumps(result.encodings, indent=2) + "\n")
         info = manifest(params, run_info, result, sizes, files, inputs)
         write_json(out / "manifest.json", info)
-    report.update(run=str(run_dir), num_check_samples=e.num_check_samples, sizes=sizes,
+    report.update(run=str(run_dir), method=method, method_reason=why,
+                  num_check_samples=e.num_check_samples, sizes=sizes,
                   onnx_bytes=info["onnx_bytes"], onnxruntime=onnxruntime.__version__,
                   seconds=time.perf_counter() - start, passed=True)
     write_json(paths.EXPORT_REPORT, report)
