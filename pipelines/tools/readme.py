@@ -40,6 +40,14 @@ def results(root: Path) -> str:
     return "\n\n".join([first_table(md), section(md, "The paper's claim")])
 
 
+def finding(root: Path) -> str:
+    """The report's verdict in one sentence: the claim section's first sentence."""
+    claim = section((root / "reports/comparison.md").read_text(), "The paper's claim")
+    first = claim.split("\n\n")[0]
+    match = re.match(r"(.*?\.)(?=\s|$)", first, re.S)
+    return match.group(1) if match else first
+
+
 def ablation(root: Path) -> str:
     return section((root / "reports/ablation/ablation.md").read_text(), "Finding")
 
@@ -155,26 +163,35 @@ def regime(root: Path) -> str:
     return section((root / "reports/regime/regime.md").read_text(), "Regime map")
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"results": results, "ablation": ablation,
+BLOCKS: dict[str, Callable[[Path], str]] = {"finding": finding, "results": results,
+                                            "ablation": ablation,
                                             "regime": regime, "export": export, "needs": needs,
                                             "layout": layout}
 
 
-def render(readme: str, root: Path = ROOT) -> str:
-    """``readme`` with each block's body replaced by its current report text."""
-    for name, make in BLOCKS.items():
+# The user's README holds the headline; the research detail lives beside the reports.
+FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "results", "export", "layout"),
+                                     "reports/README.md": ("ablation", "regime"),
+                                     "docs/real-models.md": ("needs",),
+                                     "docs/export.md": ("export",)}
+
+
+def render(readme: str, root: Path = ROOT, names: tuple[str, ...] = tuple(BLOCKS)) -> str:
+    """``readme`` with each named block's body replaced by its current report text."""
+    for name in names:
         pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
         if not pattern.search(readme):
             raise ValueError(f"README.md has no block '{name}'")
-        body = make(root)
+        body = BLOCKS[name](root)
         readme = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), readme)
     return readme
 
 
 def main() -> None:
-    path = ROOT / "README.md"
-    path.write_text(render(path.read_text()))
-    print(f"updated {path.name}: {', '.join(BLOCKS)}", file=sys.stderr)
+    for name, blocks in FILES.items():
+        path = ROOT / name
+        path.write_text(render(path.read_text(), names=blocks))
+        print(f"updated {name}: {', '.join(blocks)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,21 @@ import json
 
 import pytest
 
-from pipelines.tools.readme import ROOT, render, section
+from pipelines.tools.readme import FILES, ROOT, render, section
 
 
-def test_readme_blocks_match_the_reports():
-    readme = (ROOT / "README.md").read_text()
-    assert render(readme) == readme, "run `python -m pipelines.tools.readme` after `dvc repro`"
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_readme_blocks_match_the_reports(name):
+    text = (ROOT / name).read_text()
+    assert render(text, names=FILES[name]) == text, \
+        "run `python -m pipelines.tools.readme` after `dvc repro`"
+
+
+def test_the_readme_is_short_and_leads_with_the_scoped_finding():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 320
+    first_screen = "\n".join(lines[:30])
+    assert "Finding" in first_screen and "toy scale" in first_screen
 
 
 def test_render_replaces_a_stale_block(tmp_path):
@@ -30,7 +39,8 @@ def test_render_replaces_a_stale_block(tmp_path):
     (tmp_path / "benchmarks/results").mkdir(parents=True)
     (tmp_path / "benchmarks/results/export-sana-600m-cpu.json").write_text(
         json.dumps({"verify": export, "sizes": export["sizes"]}))
-    stale = ("x\n<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
+    stale = ("x\n<!-- finding:start -->\nold\n<!-- finding:end -->\n"
+             "<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
              "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n"
              "<!-- regime:start -->\nold\n<!-- regime:end -->\n"
              "<!-- export:start -->\nold\n<!-- export:end -->\n"
@@ -44,7 +54,7 @@ def test_render_replaces_a_stale_block(tmp_path):
     del export["per_tensor_semantics"]["end_to_end_rel_l2_error"]  # an older export report
     (tmp_path / "reports/export.json").write_text(json.dumps(export))
     assert "not yet reproduced with per-tensor quantizers" in render(stale, tmp_path)
-    with pytest.raises(ValueError, match="no block 'results'"):
+    with pytest.raises(ValueError, match="no block 'finding'"):
         render("nothing here", tmp_path)
 
 
