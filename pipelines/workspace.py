@@ -3,11 +3,10 @@
 params.yaml is the user's. A run that asks for other values (a profile, ``--bits``, ``--set``)
 runs in a scratch clone of the repo at HEAD plus the uncommitted changes, whose DVC cache is
 the repo's own (finished stages land there and in the run-cache, so nothing is lost and the
-next run restores them), and is saved with ``dvc exp save`` and pushed back with
-``dvc exp push --no-cache`` into the repo: ``dvc exp show`` lists it, ``dvc exp apply NAME``
-brings its results into the workspace. This is what ``dvc exp run --temp -S …`` does, but with
-the stages as separate Prefect tasks. Only ``write_params`` changes params.yaml itself, with
-DVC's ``-S`` function.
+next run restores them), and is saved as a DVC experiment ref in the repo: ``dvc exp show``
+lists it, ``dvc exp apply NAME`` brings its results into the workspace. This is what
+``dvc exp run --temp -S …`` does, but with the stages as separate Prefect tasks. Only
+``write_params`` changes params.yaml itself, with DVC's ``-S`` function.
 """
 
 from __future__ import annotations
@@ -113,10 +112,18 @@ def scratch_copy(root: Path) -> Iterator[Path]:
 
 
 def save_experiment(work: Path, name: str) -> None:
-    """``dvc exp save -n name`` in the scratch copy, then its ref into the origin repo (the
-    data is already in the shared cache)."""
-    _run(_dvc("exp", "save", "-f", "-n", name), work)
-    _run(_dvc("exp", "push", "--no-cache", "origin", name), work)
+    """Commit the scratch copy's params, lock and reports on top of its baseline and push the
+    commit into the origin repo as DVC's experiment ref ``refs/exps/…/name`` (the data is
+    already in the shared cache). What ``dvc exp save`` + ``dvc exp push --no-cache`` do,
+    except that a run of some stages (``targets``) is kept too: ``exp save`` refuses
+    outputs that were not produced."""
+    from dvc.repo.experiments.refs import ExpRefInfo
+
+    baseline = _run(["git", "rev-parse", "HEAD"], work)
+    _run(["git", "add", "-A"], work)
+    _run(["git", "commit", "-q", "--allow-empty", "-m", f"fraqat flow: experiment {name}"], work)
+    ref = str(ExpRefInfo(baseline_sha=baseline, name=name))
+    _run(["git", "push", "-q", "--force", "origin", f"HEAD:{ref}"], work)
 
 
 def describe(values: dict) -> str:

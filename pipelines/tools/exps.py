@@ -15,13 +15,14 @@ import re
 from collections.abc import Sequence
 
 WIDTH = 120
+CELL = 20  # longer values (lists of methods) are cut with "…"
 SHORT = re.compile(r"^(fid|heldout_loss)\.[^.]+$|^test\.\w+\.delta_pct$|^claim\.")
 METRIC = re.compile(r"^(fid|heldout_loss|teacher_mse|test|fair|claim)\.")
 META = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
 
 
 def _name(row: dict) -> str:
-    return str(row.get("Experiment") or row.get("rev") or "?")
+    return _cell(str(row.get("Experiment") or row.get("rev") or "?"))
 
 
 def _cell(value: object) -> str:
@@ -29,7 +30,10 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    if text.startswith("["):  # dvc.api gives lists as their repr
+        text = text.strip("[]").replace("'", "").replace(" ", "")
+    return text if len(text) <= CELL else text[:CELL - 1] + "…"
 
 
 def table(rows: Sequence[dict], all_metrics: bool = False, width: int = WIDTH) -> str:

@@ -22,3 +22,5 @@ def test_changed_params_and_short_metrics_fit_in_120_columns():
     assert labels[:2] == ["bits", "fid.qat"]  # seeds did not change; deps are not shown
     assert "more experiment(s) past 120 columns" in lines[-1]
     assert "teacher_mse.qat" in table(rows[:3], all_metrics=True)
+    rows[1]["methods"] = ["ptq", "qat", "qat-warmup", "fraqat", "fraqat-late"]
+    assert "ptq,qat,qat-warmup,…" in table(rows)  # long values are cut, columns still fit
