@@ -180,7 +180,11 @@ def run_stages(repo: Path, targets: list[str] | None) -> dict[str, str]:
         futures[stage] = named.submit(stage, str(repo), wait_for=[futures[u] for u in upstream])
     stage_of = {id(f): s for s, f in futures.items()}
     for done in as_completed(list(futures.values())):
-        progress.step(stage_of[id(done)], done.state.name)
+        try:
+            outcome = done.result()
+        except Exception:  # the stage failed; run_stages' caller reports which
+            outcome = "failed"
+        progress.step(stage_of[id(done)], str(outcome))
     return {s: f.result() if f.state.is_completed() else f.state.name
             for s, f in futures.items()}
 

@@ -54,12 +54,15 @@ def publish(root: Path, where: str, asked: str, outcomes: dict[str, str],
         md += ["**Smoke run: no verdict** (toy sizes: it checks the plumbing, not the method).",
                ""]
     md += ["| stage | outcome |", "|---|---|", *(f"| `{s}` | {o} |" for s, o in outcomes.items())]
-    if (root / paths.COMPARISON_MD).exists():
+    reported = "report" in outcomes  # else reports/ are an earlier run's, not this one's
+    if reported and (root / paths.COMPARISON_MD).exists():
         md += ["", (root / paths.COMPARISON_MD).read_text()]
+    elif not reported:
+        md += ["", "The `report` stage was not part of this run: no table, no plots."]
     create_markdown_artifact(markdown="\n".join(md), key="fraqat-comparison",
                              description=f"{paths.COMPARISON_MD} and the stage outcomes")
     made = ["fraqat-comparison"]
-    for key, (title, png) in PLOTS.items():
+    for key, (title, png) in PLOTS.items() if reported else ():
         if (root / png).exists():
             create_markdown_artifact(markdown=_image(title, root / png), key=key,
                                      description=f"{png} of this run")
