@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.experiments.ablation_report import cell_table, size_table, write_report
+from pipelines.experiments.exp_files import read_at
 
 # Every cell trains qat, fraqat and the control (qat with only FraQAT's steps at the target).
 BASE = {"methods": "[qat,fraqat,qat-target-steps]", "schedule.control_of": "fraqat"}
@@ -103,8 +104,10 @@ def experiments(show: list[dict]) -> list[dict]:
                 if not metrics.get("data"):  # queued, running or failed: nothing measured
                     continue
                 name = exp.get("name") or rev.get("name") or rev.get("rev")
+                details = read_at(rev.get("rev", ""), "reports/details.json")
                 row = {"name": name, "rev": rev.get("rev", ""), "params": _flatten(params),
-                       "metrics": metrics["data"], "timestamp": data.get("timestamp") or ""}
+                       "metrics": {**details, **metrics["data"]},
+                       "timestamp": data.get("timestamp") or ""}
                 if name not in rows or row["timestamp"] >= rows[name]["timestamp"]:
                     rows[name] = row
     return list(rows.values())

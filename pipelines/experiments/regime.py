@@ -30,6 +30,7 @@ from fraqat.io import write_text
 from fraqat.report.fair import FRACTIONAL, WIN_PCT, outcome
 from fraqat.report.stats import delta_pct, paired_ttest
 from fraqat.report.tables import fmt, fmt_delta, markdown_table
+from pipelines.experiments.exp_files import metrics_at
 
 OUT = Path("reports/regime")
 GPU_JSON = OUT / "gpu.json"  # regime_gpu's result, copied back from the GPU machine
@@ -72,7 +73,9 @@ def runs(show: list[dict]) -> pd.DataFrame:
             if name not in CELLS or state not in ("success", "done"):  # queued ones show stale
                 continue
             for rev in exp.get("revs") or []:
-                metrics = (rev.get("data") or {}).get("metrics") or {}
+                metrics = {**metrics_at(rev.get("rev", ""), "reports/train", "reports/eval",
+                                        files=("reports/teacher.json",)),
+                           **((rev.get("data") or {}).get("metrics") or {})}
                 teacher = (metrics.get("reports/teacher.json") or {}).get("data") or {}
                 for path, m in metrics.items():
                     hit = RUN.match(path)
