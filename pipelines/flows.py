@@ -29,8 +29,8 @@ serve`` serves the flow as a deployment whose run form shows these typed paramet
 run carries a progress artifact and the comparison, FID, training-curve and sample artifacts.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: a served run rebuilds the parameter model from
+# these annotations, which must be objects, not strings.
 import argparse
 import json
 import os
