@@ -65,7 +65,8 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false",  # the UI's own calls go to this port
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
     env.pop("PREFECT_API_URL", None)
     log = (home / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
