@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fraqat.cli import app
-from fraqat.params import parse_params
+from fraqat.params import load_params, parse_params
 from pipelines import profiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +40,22 @@ def test_profile_overrides_a_few_known_keys_and_validates(name):
     own = profiles.flat(profiles.overrides(name))
     assert set(own) <= keys(PARAMS) and len(own) < len(keys(PARAMS)) // 2
     parse_params(profiles.merged(name))
+
+
+def test_every_registry_method_becomes_train_and_evaluate_stages(tmp_path):
+    """dvc.yaml's matrices read ``methods`` and ``seeds``: any method the registry has runs
+    through ``dvc exp run -S 'methods=[...]'`` with no edit of dvc.yaml."""
+    import shutil
+    import subprocess
+
+    from fraqat.params import TRAINED_METHODS
+
+    shutil.copyfile(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {**PARAMS, "methods": list(TRAINED_METHODS)}))
+    load_params(tmp_path / "params.yaml")
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True).stdout.split()
+    for method in TRAINED_METHODS:
+        assert {f"train@{method}-0", f"evaluate@{method}-1"} <= set(listed), method

@@ -1,7 +1,7 @@
 """Stage ``export``: the trained W4A8 transformer as ONNX QDQ + AIMET encodings for Qualcomm HTP.
 
-Reads the run ``export.method`` / ``seeds[0]`` (``auto``: the trained method with the lowest
-mean FID in ``reports/comparison.csv``, the report's headline metric) and writes
+Reads the run ``export.method`` / ``seeds[0]`` (its graph and activation encodings) and its
+converted model ``data/converted`` (the integer weight codes stored), and writes
 ``data/export/`` (``model.onnx``, ``model.encodings``, ``manifest.json``) as one atomic
 directory, and ``reports/export.json``.
 The export is verified before it is kept: onnxruntime against the PyTorch fake-quant forward
@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 import onnxruntime
-import pandas as pd
 import torch
 
 from fraqat import export, paths
@@ -31,6 +30,7 @@ from fraqat.io import atomic_path, read_json, write_json
 from fraqat.models.families import batched_inputs
 from fraqat.models.registry import TextToImage
 from fraqat.params import Params
+from fraqat.quant.converted import QUANT_CONFIG, load_converted
 from fraqat.quant.tensor_quantizers import plan_of
 from fraqat.train.runs import load_run
 
@@ -81,31 +81,21 @@ def trained_semantics(run_info: dict, transformer: torch.nn.Module) -> list[str]
     return []
 
 
-def chosen_method(params: Params) -> tuple[str, str]:
-    """The method to ship and why: ``export.method``, or for ``auto`` the best of the table."""
-    if params.export.method != "auto":
-        return params.export.method, "export.method in params.yaml"
-    if not paths.COMPARISON_CSV.exists():
-        raise FraqatError(f"export.method: auto picks the best method of {paths.COMPARISON_CSV}, "
-                          "which is missing (allowed: run `fraqat report` first, or name a "
-                          "method)")
-    table = pd.read_csv(paths.COMPARISON_CSV)
-    rows = table[table["method"].isin(params.methods)].dropna(subset=["fid_mean"])
-    if rows.empty:
-        raise FraqatError(f"export.method: auto found no trained method with an FID in "
-                          f"{paths.COMPARISON_CSV} (allowed: name a method)")
-    best = rows.loc[rows["fid_mean"].idxmin()]
-    return str(best["method"]), (f"export.method: auto, the lowest mean FID in "
-                                 f"{paths.COMPARISON_CSV} ({best['fid_mean']:.2f})")
+def converted_of(run_dir: Path) -> torch.nn.Module:
+    """The converted model of ``run_dir`` (its weight codes are what the export stores)."""
+    info = read_json(paths.CONVERTED / QUANT_CONFIG) if (
+        paths.CONVERTED / QUANT_CONFIG).is_file() else {}
+    if info.get("run") != str(run_dir):
+        raise FraqatError(f"{paths.CONVERTED} is not the conversion of {run_dir} (it is of "
+                          f"{info.get('run')}; run `fraqat convert` first)")
+    return load_converted(paths.CONVERTED)
 
 
 def manifest(params: Params, run_info: dict, result: export.ExportResult,
              sizes: dict, files: list[Path], inputs: dict[str, torch.Tensor]) -> dict:
     cfg = run_info.get("config", {})
     containers = Counter(result.lowered.weight_dtypes.values())
-    method, why = chosen_method(params)
-    return {"model": params.model, "method": method, "method_reason": why,
-            "seed": params.seeds[0],
+    return {"model": params.model, "method": params.export.method, "seed": params.seeds[0],
             "bits": cfg.get("weight_bits"), "act_bits": cfg.get("act_bits"),
             "granularity": cfg.get("granularity"), "opset": params.export.opset,
             "weight_dtype": params.export.weight_dtype, "weight_containers": dict(containers),
@@ -121,9 +111,7 @@ def manifest(params: Params, run_info: dict, result: export.ExportResult,
 
 def run(params: Params) -> None:
     e = params.export
-    method, why = chosen_method(params)
-    log.info("export: ships %s (%s)", method, why)
-    run_dir = paths.run_dir(method, params.seeds[0])
+    run_dir = paths.run_dir(e.method, params.seeds[0])
     model = load_run(run_dir, paths.TEACHER)
     calib = load_calibration()
     inputs: dict[str, torch.Tensor] | None = None
@@ -134,11 +122,12 @@ def run(params: Params) -> None:
              "(allowed: the sana family and the embedded default)")
         return
     example = {k: v[:EXAMPLE_BATCH] for k, v in inputs.items()}
+    weights = export.packed_weight_specs(converted_of(run_dir))
     start = time.perf_counter()
     with atomic_path(paths.EXPORT) as out:
         out.mkdir()
         result = export.export_transformer(model.transformer, example, e.opset,
-                                               e.weight_dtype)
+                                           e.weight_dtype, weights)
         report = export.verify(result, model.transformer, inputs)
         run_info = read_json(Path(run_dir) / "quant.json")
         report["failures"] += trained_semantics(run_info, model.transformer)
@@ -150,8 +139,7 @@ def run(params: Params) -> None:
         (out / "model.encodings").write_text(json.dumps(result.encodings, indent=2) + "\n")
         info = manifest(params, run_info, result, sizes, files, inputs)
         write_json(out / "manifest.json", info)
-    report.update(run=str(run_dir), method=method, method_reason=why,
-                  num_check_samples=e.num_check_samples, sizes=sizes,
+    report.update(run=str(run_dir), num_check_samples=e.num_check_samples, sizes=sizes,
                   onnx_bytes=info["onnx_bytes"], onnxruntime=onnxruntime.__version__,
                   seconds=time.perf_counter() - start, passed=True)
     write_json(paths.EXPORT_REPORT, report)
