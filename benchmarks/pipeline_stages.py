@@ -45,6 +45,7 @@ import yaml
 
 from benchmarks.configs import DC_AE_SANA, SANA_600M
 from benchmarks.timing import meta, write_json
+from pipelines import profiles
 
 GIB = 2**30
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def build_pipeline(tiny: bool, device: torch.device):
 def params_for(tiny: bool, model_path: Path, prompts_path: Path) -> dict:
     """The scratch project's params.yaml: profiles/pipeline-tiny.yaml resized."""
     r = RUN[tiny]
-    raw = yaml.safe_load((ROOT / "profiles/pipeline-tiny.yaml").read_text())
+    raw = profiles.merged("pipeline-tiny")
     raw.update(model="sana-600m", model_path=str(model_path), prompts_path=str(prompts_path),
                resolution=r["resolution"], device=r["device"], methods=list(METHODS),
                seeds=[0])

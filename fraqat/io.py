@@ -37,7 +37,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         for done in [tmp] if tmp.is_file() else [p for p in tmp.rglob("*") if p.is_file()]:
             with open(done, "rb") as f:  # on disk before the rename: a crash leaves the old
                 os.fsync(f.fileno())    # output or the new one
-        os.chmod(tmp, 0o755 if tmp.is_dir() else 0o644)  # mkdtemp's 0700 is too private
+        _share(tmp)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif tmp.is_dir() and (path.is_file() or path.is_symlink()):
@@ -45,6 +45,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _share(tmp: Path) -> None:
+    """Give ``tmp`` (and all under it) the modes a plain ``open``/``mkdir`` would: mkdtemp
+    makes 0700 and safetensors writes 0600, which would hide outputs from the group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [tmp, *(tmp.rglob("*") if tmp.is_dir() else [])]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def write_text(path: str | Path, text: str) -> None:

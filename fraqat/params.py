@@ -142,6 +142,7 @@ class Params(_Strict):
     methods: list[Literal[TRAINED_METHODS]] = [  # type: ignore[valid-type]
         "ptq", "qat", "qat-warmup", "fraqat-late", "fraqat-late-warmup"]
     seeds: list[int] = [0, 1, 2, 3, 4]
+    smoke: bool = False  # a plumbing run at toy sizes: the report states no verdict
     data: DataParams = DataParams()
     pretrain: PretrainParams = PretrainParams()
     outliers: OutlierParams = OutlierParams()

@@ -1,74 +1,73 @@
 """Prefect flow over the DVC pipeline: each DVC stage is one Prefect task that runs it THROUGH DVC.
 
-Every task calls ``dvc repro --single-item <stage>`` in the repo (a subprocess), so execution,
-caching (cache + run-cache) and lineage (``dvc.lock``) stay DVC's; the flow re-implements no
-stage. The task graph is DVC's own graph (``dvc.repo.Repo(...).index.graph``), so new stages and
-the ``method × seed`` matrix appear without edits here.
+Every task calls ``dvc repro --single-item <stage>`` (a subprocess), so execution, caching
+(cache + run-cache) and lineage (``dvc.lock``) stay DVC's; the flow re-implements no stage.
+The task graph is DVC's own graph (``dvc.repo.Repo(...).index.graph``), so new stages and the
+``method × seed`` matrix appear without edits here.
 
-Parameters. ``bits``, ``methods`` and ``seeds`` are written into ``params.yaml`` with
-``dvc.utils.hydra.apply_overrides``, the function behind ``dvc exp run -S key=value``, after
-``fraqat validate`` accepted the result (a bad value stops the flow and changes nothing). As with
-``dvc exp run -S`` in the workspace, the new values stay in ``params.yaml``: after the run
-``dvc status`` is clean and ``dvc exp save`` can record the run as an experiment.
+Parameters. None means "as in params.yaml". Values that differ (``bits``, ``methods``,
+``seeds``, a ``profile``, ``overrides`` as ``key=value``) are validated against the params
+schema before anything runs, then run as a DVC experiment in a scratch copy
+(:mod:`pipelines.workspace`): params.yaml and the committed reports stay as they are. Only
+``write_params`` writes them into params.yaml (DVC's ``-S`` function) and runs in the
+workspace.
 
 Concurrency: stage-level calls in one workspace, not the experiment queue. DVC releases the
 repo lock while a stage's command runs (``dvc/stage/run.py``: ``unlocked_repo(cmd_run)``) and
 guards the stage's deps/outs with per-path read/write locks, so stages with no path in
 conflict -- the ``train@method-seed`` branches, ``classifier``, the ``evaluate`` matrix -- run
-at the same time; only DVC's short bookkeeping (hashing, saving outputs, writing ``dvc.lock``,
-git autostage) is serialized on the repo lock, which ``dvc --wait-for-lock`` waits for. Each
-call is its own process: the lock is a per-process file lock, so threads sharing one
-``Repo`` object would not exclude each other. ``dvc exp run --queue`` + ``dvc queue start -j N``
-was not chosen: each queued experiment runs the *whole* pipeline in its own temporary copy, so
-the method × seed branches would end up in separate experiments (the report needs all of them
-in one workspace), results need ``dvc exp apply`` (one at a time), and the queue adds Celery
-workers. At most ``FRAQAT_FLOW_WORKERS`` stage commands (default ``min(4, cores)``) run at
+at the same time; only DVC's short bookkeeping is serialized on the repo lock, which
+``dvc --wait-for-lock`` waits for. Each call is its own process (the lock is a per-process
+file lock). At most ``FRAQAT_FLOW_WORKERS`` stage commands (default ``min(4, cores)``) run at
 once, each with ``cores // workers`` OpenMP threads unless ``OMP_NUM_THREADS`` is set. A task
-that still meets a busy lock (a path lock, git's ``index.lock``) fails as :class:`LockBusy` and
-is retried with a delay; a stage that fails for real is not retried, and its downstream stages
-do not start.
+that meets a busy lock fails as :class:`LockBusy` and is retried with a delay; a stage that
+fails for real is not retried, and its downstream stages do not start.
 
-Entry points: ``python -m pipelines.flows --bits 4`` runs once (against ``PREFECT_API_URL``, or
-a temporary local server when it is unset); ``python -m pipelines.flows serve`` serves the flow
-as a deployment, so runs with other ``bits``/``methods``/``seeds`` start from the Prefect UI
-(one at a time: they share the workspace). The run's artifact ``fraqat-comparison`` holds the
-stage outcomes, ``reports/comparison.md`` and the FID plot; ``fraqat-fid-plot`` the plot alone.
+Entry points: ``python -m pipelines.flows [--profile tiny] [--bits 3]`` runs once (against
+``PREFECT_API_URL``, or a temporary local server when it is unset); ``python -m pipelines.flows
+serve`` serves the flow as a deployment whose run form shows these typed parameters. The flow
+run carries a progress artifact and the comparison, FID, training-curve and sample artifacts.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: a served run rebuilds the parameter model from
+# these annotations, which must be objects, not strings.
 import argparse
-import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
-from fraqat import paths
-from fraqat.io import atomic_path
+from fraqat.errors import ParamsError
+from fraqat.params import TRAINED_METHODS
+from pipelines import profiles, workspace
+from pipelines.run_artifacts import Progress, publish
 
 # Stages whose commands run at the same time, at most; each gets its share of the CPU threads.
 WORKERS = int(os.environ.get("FRAQAT_FLOW_WORKERS", min(4, os.cpu_count() or 1)))
 _slots = threading.BoundedSemaphore(WORKERS)
-FID_PLOT = paths.PLOTS / "fid.png"
 _LOCK_MESSAGES = ("Unable to acquire lock", "is busy, it is being blocked by", "index.lock")
 _ONE_LINE = re.compile(r"(fraqat [\w-]+|params\.yaml): ")  # how the CLI's user errors start
 _OUTCOMES = (("Running stage", "ran"), ("is cached - skipping run", "restored from run-cache"),
              ("didn't change, skipping", "up to date"))
 
+Method = Literal[TRAINED_METHODS]  # type: ignore[valid-type]
+Profile = Literal[tuple(profiles.names())]  # type: ignore[valid-type]
+
 
 class StageError(RuntimeError):
-    """A stage (or ``fraqat validate``) exited non-zero; not retried."""
+    """A stage exited non-zero; not retried."""
 
 
 class LockBusy(StageError):
@@ -128,30 +127,6 @@ def _is_transient(task, task_run, state) -> bool:
     return False
 
 
-@task(task_run_name="set params {overrides}", cache_policy=NO_CACHE)
-def set_params(repo: str, overrides: dict[str, object]) -> None:
-    """Write ``overrides`` into params.yaml with DVC's ``-S`` function, validated first.
-
-    Keys whose value is already in the file are left alone, so an unchanged run does not
-    rewrite (re-format) params.yaml.
-    """
-    import yaml
-    from dvc.utils.hydra import apply_overrides
-
-    params = Path(repo, "params.yaml")
-    current = yaml.safe_load(params.read_text()) or {}
-    changed = [f"{k}={json.dumps(v)}" for k, v in overrides.items() if current.get(k) != v]
-    if not changed:
-        return
-    with atomic_path(params) as scratch:  # replaces params.yaml only once it validates
-        shutil.copyfile(params, scratch)
-        apply_overrides(scratch, changed)
-        rc, out = _stream([sys.executable, "-m", "fraqat.cli", "validate", "--params",
-                           str(scratch)], Path(repo))
-        if rc:
-            raise StageError(out.strip().splitlines()[-1].replace(str(scratch), "params.yaml"))
-
-
 def stage_graph(repo: str | Path, targets: list[str] | None = None) -> dict[str, list[str]]:
     """DVC's stages (``name@item`` for matrix stages) -> their upstream stages, in run order.
 
@@ -195,84 +170,154 @@ def _repro(stage: str, repo: Path) -> str:
     return next((label for marker, label in _OUTCOMES if marker in out), "done")
 
 
-@task(task_run_name="dvc repro {stage}", retries=3, retry_delay_seconds=[5, 15, 45],
-      retry_condition_fn=_is_transient, cache_policy=NO_CACHE)  # DVC does the caching
+@task(retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=_is_transient,
+      cache_policy=NO_CACHE)  # DVC does the caching
 def repro_stage(stage: str, repo: str) -> str:
     """``dvc repro --single-item <stage>``; returns ran | restored from run-cache | up to date."""
     return _repro(stage, Path(repo))
 
 
-@task(cache_policy=NO_CACHE)
-def publish(repo: str, outcomes: dict[str, str], overrides: dict[str, object]) -> str:
-    """Markdown artifact: the stage outcomes, reports/comparison.md and the FID plot."""
-    root = Path(repo)
-    given = ", ".join(f"`{k}={v}`" for k, v in overrides.items())
-    md = ["# FraQAT pipeline run", "", f"Parameters: {given}", "",
-          "| stage | outcome |", "|---|---|", *(f"| `{s}` | {o} |" for s, o in outcomes.items())]
-    if (root / paths.COMPARISON_MD).exists():
-        md += ["", (root / paths.COMPARISON_MD).read_text()]
-    if (root / FID_PLOT).exists():
-        uri = "data:image/png;base64," + base64.b64encode((root / FID_PLOT).read_bytes()).decode()
-        md += ["", f"![FID]({uri})"]
-        create_image_artifact(image_url=uri, key="fraqat-fid-plot",
-                              description=f"{FID_PLOT} of this run")
-    text = "\n".join(md)
-    create_markdown_artifact(markdown=text, key="fraqat-comparison",
-                             description=f"{paths.COMPARISON_MD} and stage outcomes")
-    return text
+def run_stages(repo: Path, targets: list[str] | None) -> dict[str, str]:
+    """Submit every stage after its upstream; each task is named by its stage from creation
+    (pending ones too); the progress artifact moves as stages finish."""
+    graph = stage_graph(repo, targets)
+    progress = Progress(len(graph))
+    futures: dict = {}
+    for stage, upstream in graph.items():
+        named = repro_stage.with_options(name=f"dvc repro {stage}",
+                                         task_run_name=f"dvc repro {stage}")
+        futures[stage] = named.submit(stage, str(repo), wait_for=[futures[u] for u in upstream])
+    stage_of = {id(f): s for s, f in futures.items()}
+    for done in as_completed(list(futures.values())):
+        try:
+            outcome = done.result()
+        except Exception:  # the stage failed; run_stages' caller reports which
+            outcome = "failed"
+        progress.step(stage_of[id(done)], str(outcome))
+    return {s: f.result() if f.state.is_completed() else f.state.name
+            for s, f in futures.items()}
 
 
 # Threads only wait (on upstream tasks or a subprocess); ``_slots`` bounds the running stages.
 @flow(name="fraqat-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=64))
-def fraqat_pipeline(bits: float = 4, methods: list[str] | None = None,
-                    seeds: list[int] | None = None, targets: list[str] | None = None,
-                    repo: str = ".") -> dict[str, str]:
-    """Run the DVC pipeline at ``bits`` for ``methods`` × ``seeds`` (None: keep params.yaml).
+def fraqat_pipeline(
+    bits: Annotated[float | None, Field(ge=2, le=16)] = None,
+    methods: list[Method] | None = None,
+    seeds: list[Annotated[int, Field(ge=0)]] | None = None,
+    profile: Profile | None = None,
+    overrides: list[str] | None = None,
+    write_params: bool = False,
+    targets: list[str] | None = None,
+    repo: str = ".",
+) -> dict | State:
+    """Run the DVC pipeline; values that differ from params.yaml run as a DVC experiment.
 
-    ``targets`` restricts the run to those stages and their upstream; ``repo`` is the DVC repo.
-    Returns each stage's outcome; fails if any stage failed.
+    Returns the stage outcomes and the experiment's name (None when it ran in the workspace).
+
+    Args:
+        bits: Target weight bits, 2 to 16, fractional allowed (4 = W4A8). Empty: params.yaml's.
+        methods: Trained methods to compare (the train and evaluate matrix). Empty:
+            params.yaml's.
+        seeds: Training seeds; each method x seed is one run. Empty: params.yaml's.
+        profile: An override file from profiles/ (tiny: a 2-minute smoke run on the CPU that
+            gives no verdict). Empty: none.
+        overrides: More params as key=value, as `dvc exp run -S` takes them (e.g.
+            train.steps=100).
+        write_params: Off (default): values that differ from params.yaml run as a DVC
+            experiment in a scratch copy, params.yaml unchanged. On: write them into
+            params.yaml and run in the workspace.
+        targets: Only these stages and their upstream (e.g. teacher, train). Empty: all.
+        repo: The DVC repository (a served deployment fixes it).
     """
-    root = str(Path(repo).resolve())
-    overrides = {k: v for k, v in (("bits", bits), ("methods", methods), ("seeds", seeds))
-                 if v is not None}
-    set_params(root, overrides)
-    futures: dict = {}
-    for stage, upstream in stage_graph(root, targets).items():
-        futures[stage] = repro_stage.submit(stage, root, wait_for=[futures[u] for u in upstream])
-    wait(list(futures.values()))
-    outcomes = {s: f.result() if f.state.is_completed() else f.state.name
-                for s, f in futures.items()}
-    publish(root, outcomes, overrides)
-    failed = [s for s, f in futures.items() if not f.state.is_completed()]
+    logger = get_run_logger()
+    root = Path(repo).resolve()
+    try:
+        values = workspace.requested(bits, methods, seeds, profile, overrides, root)
+        params = workspace.check(root, values)
+    except ParamsError as exc:
+        return Failed(message=str(exc))  # one line in the UI and the log, no traceback
+    asked = workspace.describe(values)
+    name = f"{profile or 'flow'}-{flow_run.get_name() or 'run'}" if values else None
+    try:
+        if values and not write_params:
+            with workspace.scratch_copy(root) as work:
+                workspace.write_params(work, values)
+                outcomes = run_stages(work, targets)
+                publish(work, f"DVC experiment `{name}` (a scratch copy; params.yaml unchanged)",
+                        asked, outcomes, params.smoke)
+                if all(o in {"ran", "restored from run-cache", "up to date", "done"}
+                       for o in outcomes.values()):
+                    workspace.save_experiment(work, str(name))
+        else:
+            if values:
+                workspace.write_params(root, values)
+            outcomes = run_stages(root, targets)
+            publish(root, "the workspace", asked, outcomes, params.smoke)
+            name = None
+    except (StageError, RuntimeError) as exc:
+        return Failed(message=str(exc))
+    if params.smoke:
+        logger.info("smoke run: no verdict (toy sizes check the plumbing, not the method)")
+    failed = [s for s, o in outcomes.items() if o not in {"ran", "restored from run-cache",
+                                                           "up to date", "done"}]
     if failed:
-        raise StageError(f"stages not completed: {', '.join(failed)}")
-    return outcomes
+        return Failed(message=f"stages not completed: {', '.join(failed)}")
+    return {"experiment": name, "stages": outcomes}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipelines.flows",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("command", nargs="?", choices=("run", "serve"), default="run",
                     help="run once (default) or serve a deployment for the Prefect UI")
-    ap.add_argument("--bits", type=float, default=4, help="target weight bits (default 4)")
+    ap.add_argument("--bits", type=float, help="target weight bits (default: params.yaml's)")
     ap.add_argument("--methods", nargs="+", help="default: params.yaml's")
     ap.add_argument("--seeds", nargs="+", type=int, help="default: params.yaml's")
+    ap.add_argument("--profile", help=f"override file in profiles/ ({', '.join(profiles.names())})")
+    ap.add_argument("--set", nargs="+", dest="overrides", metavar="KEY=VALUE",
+                    help="more params, as dvc exp run -S takes them")
+    ap.add_argument("--write-params", action="store_true",
+                    help="write the values into params.yaml (default: run a DVC experiment)")
     ap.add_argument("--targets", nargs="+", help="only these stages and their upstream")
     ap.add_argument("--repo", default=".", help="the DVC repo (default: .)")
     ap.add_argument("--name", default="fraqat", help="deployment name for serve")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    root = Path(args.repo).resolve()
     # The importable module's flow, not ``__main__``'s copy: what serve pickles must refer
     # to ``pipelines.flows`` by name.
     from pipelines.flows import fraqat_pipeline
 
     if args.command == "serve":
-        # limit=1: one workspace holds one params.yaml, so runs from the UI queue up.
-        fraqat_pipeline.serve(name=args.name, limit=1,
-                              parameters={"repo": str(Path(args.repo).resolve())})
+        # limit=1: runs that write params.yaml share the workspace, so runs queue up.
+        fraqat_pipeline.serve(name=args.name, limit=1, parameters={"repo": str(root)})
         return
-    outcomes = fraqat_pipeline(bits=args.bits, methods=args.methods, seeds=args.seeds,
-                               targets=args.targets, repo=args.repo)
-    print(json.dumps(outcomes, indent=1))
+    try:  # refuse bad values before a flow run exists
+        values = workspace.requested(args.bits, args.methods, args.seeds, args.profile,
+                                     args.overrides, root)
+        params = workspace.check(root, values)
+        stage_graph(root, [t for t in args.targets or [] if "@" not in t] or None)
+    except (ParamsError, StageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    state = fraqat_pipeline(bits=args.bits, methods=args.methods, seeds=args.seeds,
+                            profile=args.profile, overrides=args.overrides,
+                            write_params=args.write_params, targets=args.targets,
+                            repo=str(root), return_state=True)
+    if not state.is_completed():
+        print(f"error: {state.message}", file=sys.stderr)
+        raise SystemExit(1)
+    result = state.result()
+    print(json.dumps(result["stages"], indent=1))
+    if result["experiment"]:
+        print(f"experiment {result['experiment']} saved; params.yaml unchanged. Compare: "
+              f"python -m pipelines.tools.exps; take its results: dvc exp apply "
+              f"{result['experiment']}")
+    if params.smoke:
+        print("smoke run: no verdict (toy sizes check the plumbing, not the method)")
 
 
 if __name__ == "__main__":

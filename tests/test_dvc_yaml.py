@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from fraqat.cli import app
-from fraqat.params import load_params
+from fraqat.params import load_params, parse_params
+from pipelines import profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -33,9 +34,12 @@ def test_stage_is_a_fraqat_command_with_known_params_and_deps(name):
             assert (ROOT / dep).is_file(), dep
 
 
-def test_tiny_profile_is_valid_and_has_the_keys_of_params_yaml():
-    load_params(ROOT / "profiles/tiny.yaml")
-    assert keys(yaml.safe_load((ROOT / "profiles/tiny.yaml").read_text())) == keys(PARAMS)
+@pytest.mark.parametrize("name", profiles.names())
+def test_profile_overrides_a_few_known_keys_and_validates(name):
+    """Profiles are override files: only keys params.yaml has, far fewer than all of them."""
+    own = profiles.flat(profiles.overrides(name))
+    assert set(own) <= keys(PARAMS) and len(own) < len(keys(PARAMS)) // 2
+    parse_params(profiles.merged(name))
 
 
 def test_every_registry_method_becomes_train_and_evaluate_stages(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,16 @@ def test_rewrite_replaces_shards_with_a_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.safetensors"]  # no temp left
     save_tensors(path, tensors(), shard_bytes=64)  # and back: a file becomes a folder
     assert path.is_dir() and torch.equal(load_tensors(path)["x_t"], tensors()["x_t"])
+
+
+def test_outputs_are_readable_by_the_group(tmp_path: Path) -> None:
+    """safetensors writes 0600 and mkdtemp 0700; what a stage leaves follows the umask."""
+    old = os.umask(0o022)
+    try:
+        save_tensors(tmp_path / "one.safetensors", {"a": torch.zeros(2)})
+        save_tensors(tmp_path / "many", {"a": torch.zeros(64)}, shard_bytes=64)
+    finally:
+        os.umask(old)
+    files = [tmp_path / "one.safetensors", *(tmp_path / "many").iterdir()]
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o644"}
+    assert oct((tmp_path / "many").stat().st_mode & 0o777) == "0o755"

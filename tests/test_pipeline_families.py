@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fraqat.cli import app
+from pipelines import profiles
 from tests.tiny import env_for, git, make_tiny_repo
 from tests.tiny_pipelines import MODEL_OF, save_tiny_clip
 
@@ -27,7 +28,7 @@ TABLE_ROWS = ["fp", "ptq", "qat", "fraqat", "noise"]
 
 
 def profile(family: str, pipe_dir: Path, **extra) -> dict:
-    raw = yaml.safe_load(PROFILE.read_text())
+    raw = profiles.merged(PROFILE)
     raw.update(model=MODEL_OF[family], model_path=str(pipe_dir), **extra)
     return raw
 
@@ -129,17 +130,11 @@ def test_bad_input_stops_with_one_line(case, tiny_pipeline_dir, tmp_path, monkey
                                                         "empty-prompts" else [])
 
 
-def test_pipeline_profile_has_the_keys_of_params_yaml():
-    from fraqat.params import load_params
+def test_pipeline_profile_overrides_params_yaml():
+    from fraqat.params import parse_params
 
-    def keys(d: dict, pre: str = "") -> set[str]:
-        return {pre + k for k in d} | {x for k, v in d.items() if isinstance(v, dict)
-                                       for x in keys(v, f"{pre}{k}.")}
-
-    root = PROFILE.parents[1]
-    assert load_params(PROFILE).resolution == 32
-    assert keys(yaml.safe_load(PROFILE.read_text())) == \
-        keys(yaml.safe_load((root / "params.yaml").read_text()))
+    params = parse_params(profiles.merged(PROFILE))
+    assert params.resolution == 32 and params.smoke
 
 
 def test_default_prompts_are_varied():

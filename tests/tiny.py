@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from pipelines import profiles
+
 ROOT = Path(__file__).resolve().parents[1]
 # Stage outputs and DVC's lock are results, not sources: a copy starts from a clean slate.
 _SKIP_DIRS = ("data/", "reports/", ".dvc/cache/", ".dvc/tmp/")
@@ -47,13 +49,18 @@ def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
 
 
-def make_tiny_repo(dst: Path, profile: str = "profiles/tiny.yaml") -> Path:
-    """Copy the sources to ``dst``, use ``profile`` as params.yaml, ``git init`` + commit."""
+def make_tiny_repo(dst: Path, profile: str | None = "profiles/tiny.yaml") -> Path:
+    """Copy the sources to ``dst``, apply ``profile`` to its params.yaml, ``git init`` + commit.
+
+    ``profile=None`` keeps params.yaml as it is (for runs that apply a profile themselves).
+    """
     for f in source_files():
         target = dst / f
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, target)
-    shutil.copyfile(ROOT / profile, dst / "params.yaml")
+    if profile is not None:
+        (dst / "params.yaml").write_text(yaml.safe_dump(profiles.merged(ROOT / profile),
+                                                        sort_keys=False))
     git(dst, "init", "-q", "-b", "main")
     git(dst, "config", "user.email", "ci@fraqat.local")
     git(dst, "config", "user.name", "fraqat tests")

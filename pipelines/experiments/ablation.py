@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.experiments.ablation_report import cell_table, size_table, write_report
+from pipelines.experiments.exp_files import read_at
 from pipelines.experiments.grid import CHANNEL, FINAL70, exp_run_command
 from pipelines.experiments.regime import cpu_scope
 
@@ -100,8 +101,10 @@ def experiments(show: list[dict]) -> list[dict]:
                 if not metrics.get("data"):  # queued, running or failed: nothing measured
                     continue
                 name = exp.get("name") or rev.get("name") or rev.get("rev")
+                details = read_at(rev.get("rev", ""), "reports/details.json")
                 row = {"name": name, "rev": rev.get("rev", ""), "params": _flatten(params),
-                       "metrics": metrics["data"], "timestamp": data.get("timestamp") or ""}
+                       "metrics": {**details, **metrics["data"]},
+                       "timestamp": data.get("timestamp") or ""}
                 if name not in rows or row["timestamp"] >= rows[name]["timestamp"]:
                     rows[name] = row
     return list(rows.values())

@@ -40,6 +40,7 @@ from fraqat.report.stats import (
 )
 from fraqat.report.tables import fmt, fmt_delta, markdown_table
 from fraqat.report.words import fmt_effect
+from pipelines.experiments.exp_files import metrics_at
 from pipelines.experiments.grid import OUTLIERS, exp_run_command
 from pipelines.experiments.regime_map import regime_map
 
@@ -87,7 +88,9 @@ def runs(show: list[dict]) -> pd.DataFrame:
             if name not in CELLS or state not in ("success", "done"):  # queued ones show stale
                 continue
             for rev in exp.get("revs") or []:
-                metrics = (rev.get("data") or {}).get("metrics") or {}
+                metrics = {**metrics_at(rev.get("rev", ""), "reports/train", "reports/eval",
+                                        files=("reports/teacher.json",)),
+                           **((rev.get("data") or {}).get("metrics") or {})}
                 teacher = (metrics.get("reports/teacher.json") or {}).get("data") or {}
                 for path, m in metrics.items():
                     hit = RUN.match(path)

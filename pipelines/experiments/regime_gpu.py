@@ -1,7 +1,7 @@
 """The paper's regime on the GPU machine, through the pipeline's own stages, without DVC.
 
 The GPU machine has no DVC, so this does what ``dvc repro`` would for a few regime cells: it
-writes ``profiles/mnist-gpu.yaml`` plus each cell's overrides as ``params.yaml`` of a scratch
+writes params.yaml with ``profiles/mnist-gpu.yaml`` and each cell's overrides into a scratch
 project and runs ``python -m fraqat.cli <stage>`` there as subprocesses. Cells that share a
 teacher (same ``data``/``pretrain``/``outliers``/``calibration``) share one chain
 ``prepare → pretrain → calibrate → teacher``, as DVC's cache would; each cell then gets its own
@@ -43,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines import profiles
 from pipelines.experiments.grid import OUTLIERS, with_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = sum(r["status"] == "ok" for r in merged["runs"])
         print(f"merged {len(args.merge)} calls: {ok}/{len(merged['runs'])} runs ok -> {args.out}")
         return 0
-    profile = yaml.safe_load(args.profile.read_text())
+    profile = profiles.merged(args.profile)
     if args.tiny:
         profile = with_overrides(profile, TINY)
     if args.seeds:

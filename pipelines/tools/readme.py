@@ -174,21 +174,29 @@ BLOCKS: dict[str, Callable[[Path], str]] = {"finding": finding, "results": resul
                                             "layout": layout}
 
 
-def render(readme: str, root: Path = ROOT) -> str:
-    """``readme`` with each block's body replaced by its current report text."""
-    for name, make in BLOCKS.items():
+# The user's README holds the headline; the research detail lives beside the reports.
+FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "results", "export", "layout"),
+                                     "reports/README.md": ("ablation", "regime"),
+                                     "docs/real-models.md": ("needs",),
+                                     "docs/export.md": ("export",)}
+
+
+def render(readme: str, root: Path = ROOT, names: tuple[str, ...] = tuple(BLOCKS)) -> str:
+    """``readme`` with each named block's body replaced by its current report text."""
+    for name in names:
         pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
         if not pattern.search(readme):
             raise ValueError(f"README.md has no block '{name}'")
-        body = make(root)
+        body = BLOCKS[name](root)
         readme = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), readme)
     return readme
 
 
 def main() -> None:
-    path = ROOT / "README.md"
-    path.write_text(render(path.read_text()))
-    print(f"updated {path.name}: {', '.join(BLOCKS)}", file=sys.stderr)
+    for name, blocks in FILES.items():
+        path = ROOT / name
+        path.write_text(render(path.read_text(), names=blocks))
+        print(f"updated {name}: {', '.join(blocks)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

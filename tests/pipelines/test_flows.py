@@ -27,13 +27,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    ArtifactFilterKey,
 )
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.states import Completed, Failed
 
 from pipelines.flows import LockBusy, StageError, _fail, _is_transient, stage_graph
+from pipelines.run_artifacts import KEYS
+from tests import browser
 from tests.tiny import env_for, make_tiny_repo
 
 
@@ -64,7 +65,8 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false",  # the UI's own calls go to this port
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
     env.pop("PREFECT_API_URL", None)
     log = (home / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
@@ -113,24 +115,40 @@ def latest_flow_run(server_env: dict[str, str]):
     with client_for(server_env) as client:
         run = max(client.read_flow_runs(), key=lambda r: r.created)
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
-            key=ArtifactFilterKey(any_=["fraqat-comparison"])))
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
         tasks = client.read_task_runs()
-    return run, artifacts, [t for t in tasks if t.flow_run_id == run.id]
+    return run, {a.key: a for a in artifacts}, [t for t in tasks if t.flow_run_id == run.id]
+
+
+def exp_refs(repo: Path) -> list[str]:
+    return subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+                          cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(prefect_server, tmp_path_factory):
+    """The tiny profile's whole graph, once, in the workspace of a scratch repo."""
+    _, server_env = prefect_server
+    repo = make_tiny_repo(tmp_path_factory.mktemp("tiny-run") / "repo")
+    start = time.perf_counter()
+    # ~2 min on 2 idle cores; a loaded machine needs more (FRAQAT_TEST_FLOW_TIMEOUT, seconds).
+    proc = run_flow(repo, server_env, "--methods", "ptq", "fraqat", "--write-params",
+                    timeout=float(os.environ.get("FRAQAT_TEST_FLOW_TIMEOUT", 600)))
+    print(f"flow on the tiny profile: {time.perf_counter() - start:.1f} s")
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return repo, proc, latest_flow_run(server_env)
 
 
 @pytest.mark.slow
-def test_flow_runs_the_pipeline_on_a_real_server(prefect_server, tmp_path):
-    _, server_env = prefect_server
-    repo = make_tiny_repo(tmp_path / "repo")
-    start = time.perf_counter()
-    proc = run_flow(repo, server_env, "--bits", "4", "--methods", "ptq", "fraqat")
-    print(f"flow on the tiny profile: {time.perf_counter() - start:.1f} s")
-    assert proc.returncode == 0, proc.stdout[-6000:]
-
-    run, artifacts, tasks = latest_flow_run(server_env)
+def test_flow_runs_the_pipeline_on_a_real_server(tiny_run):
+    repo, proc, (run, artifacts, tasks) = tiny_run
     assert run.state.type == StateType.COMPLETED
-    assert len(artifacts) == 1 and "| `report` | ran |" in artifacts[0].data
+    assert set(artifacts) == {"fraqat-progress", *KEYS}  # all on the flow run, none on a task
+    assert all(a.task_run_id is None for a in artifacts.values())
+    assert "| `report` | ran |" in artifacts["fraqat-comparison"].data
+    assert "Smoke run: no verdict" in artifacts["fraqat-comparison"].data
+    assert artifacts["fraqat-fid-plot"].data.count("data:image/png;base64,") == 1
+    assert artifacts["fraqat-progress"].data == 100.0
     stages = stage_graph(repo)
     assert {s for s in stages if s.startswith("train@")} == {"train@ptq-0", "train@fraqat-0"}
     repro_runs = {t.name.removeprefix("dvc repro "): t for t in tasks
@@ -139,36 +157,91 @@ def test_flow_runs_the_pipeline_on_a_real_server(prefect_server, tmp_path):
     assert all(t.state.type == StateType.COMPLETED for t in repro_runs.values())
     # Stage output reached the task logs line by line; DVC's lineage is complete and clean.
     assert "Running stage 'train@fraqat-0'" in proc.stdout
+    assert "smoke run: no verdict" in proc.stdout and "Verdict" not in proc.stdout
+    assert "Smoke run: no verdict" in (repo / "reports/comparison.md").read_text()
     assert yaml.safe_load((repo / "params.yaml").read_text())["methods"] == ["ptq", "fraqat"]
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo,
                             env=env_for(repo), capture_output=True, text=True, check=True)
     assert json.loads(status.stdout) == {}
+    modes = {oct(p.stat().st_mode & 0o777) for p in (repo / "data").rglob("*")
+             if p.is_file() and not p.is_symlink()}
+    assert modes == {"0o644"}, modes  # the group can read every output
 
 
 @pytest.mark.slow
-def test_flow_with_a_bad_value_fails_and_changes_nothing(prefect_server, tmp_path):
+def test_the_flow_run_page_shows_stages_and_artifacts(tiny_run, prefect_server, tmp_path):
+    """What a user sees: the run page in a real browser, its task runs and artifacts tabs."""
+    if browser.chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    url, _ = prefect_server
+    repo, _, (run, artifacts, tasks) = tiny_run
+    with browser.browser() as page:
+        page.goto(f"{url.removesuffix('/api')}/runs/flow-run/{run.id}")
+        page.wait_for_text("Task Runs", "Artifacts")
+        page.click_text("Task Runs")
+        page.wait_for_text("dvc repro prepare", "dvc repro train@fraqat-0", "dvc repro report")
+        page.click_text("Artifacts")
+        page.wait_for_text("fraqat-progress", *KEYS)
+        page.screenshot(tmp_path / "artifacts.png")
+        page.goto(f"{url.removesuffix('/api')}/artifacts/artifact/{artifacts['fraqat-fid-plot'].id}")
+        page.wait_for_text("FID per method")
+        sizes = page.eval("[...document.images].filter(i => i.src.startsWith('data:image/png'))"
+                          ".map(i => [i.naturalWidth, i.clientWidth])")
+        assert sizes and all(w > 100 for pair in sizes for w in pair), sizes  # drawn, no text
+        assert "base64" not in page.text()
+
+
+@pytest.mark.slow
+def test_bad_values_are_refused_before_a_flow_run(prefect_server, tmp_path):
     _, server_env = prefect_server
     repo = make_tiny_repo(tmp_path / "repo")
-    before = (repo / "params.yaml").read_text()
+    before = (repo / "params.yaml").read_bytes()
+    with client_for(server_env) as client:
+        runs = len(client.read_flow_runs())
     proc = run_flow(repo, server_env, "--bits", "1", timeout=120)
-    assert proc.returncode != 0
-    assert "params.yaml: bits: 1.0: " in proc.stdout
-    run, artifacts, tasks = latest_flow_run(server_env)
-    assert run.state.type == StateType.FAILED and not artifacts
-    assert not any(t.name.startswith("dvc repro ") for t in tasks)
-    assert (repo / "params.yaml").read_text() == before
+    assert proc.returncode == 2
+    assert proc.stdout.strip().splitlines() == [
+        "error: params.yaml: bits: 1.0: Input should be greater than or equal to 2 "
+        "(allowed: a number >= 2 and <= 16)"]
+    with client_for(server_env) as client:
+        assert len(client.read_flow_runs()) == runs  # no run was started
+    assert (repo / "params.yaml").read_bytes() == before
     assert not (repo / "data").exists()
 
 
 @pytest.mark.slow
+def test_a_profile_runs_as_an_experiment_and_params_stay_the_users(prefect_server, tmp_path):
+    """``--profile tiny``: a DVC experiment in a scratch copy; params.yaml byte-identical."""
+    _, server_env = prefect_server
+    repo = make_tiny_repo(tmp_path / "repo", profile=None)
+    before = (repo / "params.yaml").read_bytes()
+    proc = run_flow(repo, server_env, "--profile", "tiny", "--targets", "prepare", timeout=180)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert (repo / "params.yaml").read_bytes() == before
+    assert not (repo / "data/dataset").exists()  # the workspace did not run it
+    (ref,) = exp_refs(repo)
+    assert "experiment tiny-" in proc.stdout and ref.rsplit("/", 1)[1] in proc.stdout
+    import dvc.api
+
+    rows = {r["Experiment"]: r for r in dvc.api.exp_show(str(repo)) if r.get("Experiment")}
+    (row,) = rows.values()
+    assert str(row["smoke"]) == "True" and float(row["train.steps"]) == 30
+
+
+@pytest.mark.slow
 def test_served_flow_takes_parameters_from_the_api(prefect_server, tmp_path):
-    """``python -m pipelines.flows serve``: a run started through the API (as the UI does)."""
+    """``python -m pipelines.flows serve``: runs started through the API (as the UI does):
+    other values run as an experiment; a bad one fails the run with one line."""
     _, server_env = prefect_server
     repo = make_tiny_repo(tmp_path / "repo")
+    before = (repo / "params.yaml").read_bytes()
     log = (tmp_path / "serve.log").open("w+")
     serve = subprocess.Popen([sys.executable, "-m", "pipelines.flows", "serve", "--name", "ci"],
                              cwd=repo, env=env_for(repo, **server_env), stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)
+    states = []
     try:
         with client_for(server_env) as client:
             deadline = time.monotonic() + 60
@@ -178,20 +251,28 @@ def test_served_flow_takes_parameters_from_the_api(prefect_server, tmp_path):
                     break
                 assert serve.poll() is None and time.monotonic() < deadline, "serve failed"
                 time.sleep(1)
-            run = client.create_flow_run_from_deployment(
-                deployment.id, parameters={"bits": 5, "targets": ["prepare"]})
-            deadline = time.monotonic() + 150
-            while not (state := client.read_flow_run(run.id).state).is_final():
-                assert time.monotonic() < deadline, "served run did not finish"
-                time.sleep(1)
+            props = deployment.parameter_openapi_schema["properties"]
+            assert "params.yaml" in props["bits"]["description"]
+            assert "tiny" in props["profile"]["anyOf"][0]["enum"]
+            for parameters in ({"bits": 5, "targets": ["prepare"]},
+                               {"overrides": ["train.steps=0"], "targets": ["prepare"]}):
+                run = client.create_flow_run_from_deployment(deployment.id,
+                                                             parameters=parameters)
+                deadline = time.monotonic() + 150
+                while not (state := client.read_flow_run(run.id).state).is_final():
+                    assert time.monotonic() < deadline, "served run did not finish"
+                    time.sleep(1)
+                states.append(state)
     finally:
         _stop(serve)
         log.seek(0)
         output = log.read()
         log.close()
-    assert state.type == StateType.COMPLETED, output[-6000:]
-    assert yaml.safe_load((repo / "params.yaml").read_text())["bits"] == 5
-    assert (repo / "data/dataset/meta.json").exists()
+    assert states[0].type == StateType.COMPLETED, output[-6000:]
+    assert (repo / "params.yaml").read_bytes() == before and len(exp_refs(repo)) == 1
+    assert states[1].type == StateType.FAILED
+    assert states[1].message.startswith("params.yaml: train.steps: 0: ")
+    assert "Traceback" not in output
 
 
 @pytest.mark.slow
