@@ -6,7 +6,7 @@ The ``teacher`` stage runs the FP teacher once over the calibration set and QAT 
 cached velocities; the alternative runs a teacher forward (``torch.no_grad``) inside every
 training step. Both modes time the same step: the quantized student's forward + MSE +
 backward + AdamW at ``--batch-size``, on batches drawn as the trainer draws them
-(:func:`fraqat.trainer.batch_indices`). The tiny Sana teacher (``build_tiny_sana(64, 2, 2)``)
+(:func:`fraqat.train.trainer.batch_indices`). The tiny Sana teacher (``build_tiny_sana(64, 2, 2)``)
 has random weights, which is fine for timing. The two modes run interleaved, each on its own
 student + optimizer, so load from other processes hits both alike; reported: median wall and
 CPU (process time, all threads: less sensitive to a loaded machine) ms/step after ``--warmup``
@@ -29,10 +29,10 @@ import torch.nn.functional as F
 
 from benchmarks.timing import positive
 from fraqat.data import PROMPTS
-from fraqat.models import TextToImage, build_tiny_sana, predict_all
-from fraqat.modules import QuantConfig
-from fraqat.runs import quantized_copy
-from fraqat.trainer import DistillData, batch_indices, calibrate
+from fraqat.models.registry import TextToImage, build_tiny_sana, predict_all
+from fraqat.quant.layers import QuantConfig
+from fraqat.train.runs import quantized_copy
+from fraqat.train.trainer import DistillData, batch_indices, calibrate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +60,7 @@ def make_data(teacher: TextToImage, n: int, seed: int) -> tuple[DistillData, flo
 
 def make_step(student: TextToImage, data: DistillData, batch_size: int, seed: int,
               target: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
-    """One trainer step (as :meth:`fraqat.trainer.Trainer.fit`) with ``target`` velocities."""
+    """One trainer step (as :meth:`fraqat.train.trainer.Trainer.fit`) with ``target`` velocities."""
     opt = torch.optim.AdamW([p for p in student.transformer.parameters() if p.requires_grad],
                             lr=1e-4, weight_decay=0.0)
     with torch.no_grad():

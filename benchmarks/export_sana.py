@@ -37,8 +37,8 @@ from benchmarks.configs import SANA_600M
 from benchmarks.timing import positive
 from fraqat import export as hx
 from fraqat.export.files import feed, session
-from fraqat.modules import QuantConfig, calibrate_activations, quantize_model
-from fraqat.tensor_quantizers import share_tensor_quantizers
+from fraqat.quant.layers import QuantConfig, calibrate_activations, quantize_model
+from fraqat.quant.tensor_quantizers import share_tensor_quantizers
 
 GIB = 2**30
 

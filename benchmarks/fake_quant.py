@@ -4,7 +4,7 @@
     python -m benchmarks.fake_quant --device cpu --size 1024 --repeats 2
 
 For fp32 and bf16, per tensor / channel / group of 64 at 4 bits, forward ("fwd", a training
-forward: autograd records it) and forward+backward ("f+b") through :func:`fraqat.ops.
+forward: autograd records it) and forward+backward ("f+b") through :func:`fraqat.quant.ops.
 fake_quantize` (the one dispatch point: Triton on CUDA) and, for comparison, the PyTorch
 reference on the same device. GB/s counts the bytes a perfect kernel must move: read x and
 write y (fwd), plus read dy and write dx (f+b); "% copy" divides by the measured copy. Per
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.timing import meta, spread, sync, time_ms, write_json
-from fraqat import kernels, ops
-from fraqat.quant import QParams, compute_qparams, fake_quantize, grid_tensor
+from fraqat.quant import kernels, ops
+from fraqat.quant.core import QParams, compute_qparams, fake_quantize, grid_tensor
 
 BOUND = {"tensor": {"fwd": 2 / 3, "f+b": 4 / 5}}  # of copy: the extra read of x
 

@@ -36,7 +36,7 @@ for stage in prepare pretrain calibrate teacher; do "${PYTHON:-python3}" -m fraq
 import json
 import sys
 
-from fraqat.models import load_teacher
+from fraqat.models.registry import load_teacher
 
 out, width, layers, heads = sys.argv[1], *map(int, sys.argv[2:])
 d = json.load(open(out))

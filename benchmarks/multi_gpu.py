@@ -8,7 +8,7 @@ table and one JSON naming the device (commands: ``benchmarks/MULTI_GPU.md``)::
         [--checkpointing] --json $OUT/fsdp-flux.json
     python -m benchmarks.multi_gpu table $OUT/*.json --json $OUT/multi_gpu.json
 
-ddp: :class:`fraqat.trainer.Trainer` itself (its ``fit``: batch slicing, DDP, the loss
+ddp: :class:`fraqat.train.trainer.Trainer` itself (its ``fit``: batch slicing, DDP, the loss
 all-reduce, AdamW) on the Sana-600M config (random init, bf16 autocast, 300 masked caption
 tokens) at a fixed per-GPU batch, full precision vs W4A8 (per-tensor 4-bit weights, INT8
 activations calibrated on one batch). Step time = interval between optimizer steps (the
@@ -17,7 +17,7 @@ after warm-up, with min/max. Then a few steps at a fixed *global* batch, whose l
 table compares with one GPU's (the same trajectory up to reduction order).
 
 fsdp: the model built with parameters on the meta device, W4A8 fake-quant swapped in,
-``fully_shard`` per block (:mod:`fraqat.sharding`: bf16 all-gather/compute, fp32 reduce), then
+``fully_shard`` per block (:mod:`fraqat.train.sharding`: bf16 all-gather/compute, fp32 reduce), then
 each rank's shard materialised at random (the whole model is never on one GPU); activation
 ranges are set to [-8, 8] (no calibration data: timings do not depend on them). One AdamW
 step of the MSE to a random target, with or without activation checkpointing.
@@ -43,15 +43,15 @@ import torch.distributed as dist
 
 from benchmarks.configs import SANA_600M
 from benchmarks.timing import meta, write_json
-from fraqat import distributed, sharding
-from fraqat.activations import ActQuantizer
 from fraqat.data import PROMPTS
-from fraqat.models import TextToImage
-from fraqat.modules import QuantConfig, quant_layers, quantize_model
-from fraqat.quant import grid_tensor
+from fraqat.models.registry import TextToImage
+from fraqat.models.text_encoder import PromptEncoder
+from fraqat.quant.activations import ActQuantizer
+from fraqat.quant.core import grid_tensor
+from fraqat.quant.layers import QuantConfig, quant_layers, quantize_model
 from fraqat.schedule import make_schedule
-from fraqat.text_encoder import PromptEncoder
-from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
+from fraqat.train import distributed, sharding
+from fraqat.train.trainer import DistillData, TrainConfig, Trainer, calibrate
 
 GIB = 2**30
 SANA_1600M = dict(SANA_600M, num_attention_heads=70, num_layers=20, cross_attention_dim=2240,

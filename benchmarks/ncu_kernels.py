@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from fraqat import ops
-from fraqat.quant import QParams
+from fraqat.quant import ops
+from fraqat.quant.core import QParams
 
 
 def main() -> None:

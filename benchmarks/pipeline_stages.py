@@ -21,7 +21,7 @@ The JSON is rewritten after every stage (``complete: false`` until the end), so 
 stops keeps the rows it finished.
 
 The JSON also holds :func:`benchmarks.model_needs.project`'s estimate for the five models
-(the README's table, ``python -m pipelines.readme``). Random weights: this measures cost, not
+(the README's table, ``python -m pipelines.tools.readme``). Random weights: this measures cost, not
 quality.
 """
 
@@ -176,8 +176,8 @@ def stage_calls(params) -> list[tuple[str, object]]:
 
 def run(tiny: bool, workdir: Path, progress=lambda rows: None) -> dict:
     """Build, save, run every stage; ``progress(rows)`` after each (a crash keeps the rows)."""
+    from fraqat.models.folder import check_inputs, read_prompts
     from fraqat.params import parse_params
-    from fraqat.pipeline_folder import check_inputs, read_prompts
 
     device = torch.device("cpu" if tiny else "cuda")
     r, rows = RUN[tiny], []

@@ -1,6 +1,6 @@
 """Investigate bit schedules at equal budget: many (variant, seed) trainings in parallel.
 
-Runs the same code as the ``train`` stage (:func:`fraqat.methods.train_student`) for each
+Runs the same code as the ``train`` stage (:func:`fraqat.train.student.train_student`) for each
 variant = (method, params overrides), one single-threaded process per run, in a project where
 ``dvc repro teacher`` (and optionally ``classifier``) already ran. Reports the sensitive
 metrics: held-out distillation loss at the deployed bits, and sample MSE to the teacher from
@@ -107,8 +107,8 @@ def run_one(job: tuple[str, str, dict, int, dict]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from fraqat.methods import train_student
     from fraqat.params import load_params
+    from fraqat.train.student import train_student
 
     params = load_params("params.yaml", {**base, **overrides})
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,9 +130,9 @@ def sample_metrics(student, params, n: int = 200, steps: int = 10) -> dict:
 
     from fraqat import paths
     from fraqat.data import PROMPTS
-    from fraqat.distributed import resolve_device
-    from fraqat.models import load_teacher
-    from fraqat.sampling import sample, seeded_noise
+    from fraqat.models.registry import load_teacher
+    from fraqat.models.sampling import sample, seeded_noise
+    from fraqat.train.distributed import resolve_device
 
     device = resolve_device(params.device)
     prompts = [PROMPTS[i % 10] for i in range(n)]
@@ -141,7 +141,7 @@ def sample_metrics(student, params, n: int = 200, steps: int = 10) -> dict:
     out = sample(student.to(device), prompts, noise, steps).cpu()
     metrics = {"teacher_mse": torch.mean((out - ref) ** 2).item()}
     if (paths.CLASSIFIER / "config.json").exists():
-        from fraqat.classifier import load_classifier, predict
+        from fraqat.eval.classifier import load_classifier, predict
 
         clf = load_classifier(paths.CLASSIFIER)
         labels = torch.tensor([i % 10 for i in range(n)])

@@ -29,10 +29,10 @@ from torch import nn
 from benchmarks.configs import SANA_600M
 from benchmarks.timing import first_line, meta, spread, sync, wall_ms, write_json
 from fraqat.data import PROMPTS
-from fraqat.models import TextToImage
-from fraqat.modules import QuantConfig, quantize_model
+from fraqat.models.registry import TextToImage
+from fraqat.quant.layers import QuantConfig, quantize_model
 from fraqat.schedule import ConstantSchedule
-from fraqat.trainer import DistillData, TrainConfig, Trainer, calibrate
+from fraqat.train.trainer import DistillData, TrainConfig, Trainer, calibrate
 
 GIB = 2**30
 SANA_TINY = dict(SANA_600M, attention_head_dim=8, num_attention_heads=4, num_layers=2,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"QuantConfig": "modules", "quantize_model": "modules", "set_weight_bits": "modules",
-            "fake_quantize": "ops", "make_schedule": "schedule"}
+_EXPORTS = {"QuantConfig": "quant.layers", "quantize_model": "quant.layers",
+            "set_weight_bits": "quant.layers",
+            "fake_quantize": "quant.ops", "make_schedule": "schedule"}
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

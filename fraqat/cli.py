@@ -29,7 +29,7 @@ def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
     try:
         params = load_params(params_path)
         if params.model != "tiny-sana":  # a real model's folder and prompts, before any work
-            from fraqat.pipeline_folder import check_inputs
+            from fraqat.models.folder import check_inputs
 
             check_inputs(params)
         module = importlib.import_module(f"fraqat.stages.{stage}")

@@ -46,7 +46,7 @@ class PretrainParams(_Strict):
 
 
 class OutlierParams(_Strict):
-    """Function-preserving weight outliers in the teacher (:mod:`fraqat.outliers`); 0: none."""
+    """Function-preserving weight outliers in the teacher (:mod:`~fraqat.models.outliers`)."""
 
     fraction: float = Field(0.0, ge=0, le=1)
     factor: float = Field(50.0, gt=0)

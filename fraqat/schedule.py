@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from fraqat.quant import check_bits
+from fraqat.quant.core import check_bits
 
 SCHEDULES = ("constant", "fraqat", "int-progressive", "continuous")
 SHAPES = ("equal", "linear")

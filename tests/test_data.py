@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fraqat import paths
 from fraqat.data import DIGIT_WORDS, PROMPTS, ImageSet, load, load_digits, prompt_for, split
 from fraqat.errors import FraqatError, ParamsError
-from fraqat.flow import noisy
+from fraqat.models.rectified_flow import noisy
 from fraqat.params import Params, parse_params
 from fraqat.stages import calibrate, prepare
 
@@ -140,7 +140,7 @@ def test_unknown_source_one_line() -> None:
 
 def test_prepare_mnist_and_a_28x28_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            ) -> None:
-    from fraqat.models import build_tiny_sana
+    from fraqat.models.registry import build_tiny_sana
 
     monkeypatch.chdir(tmp_path)
     prepare.run(parse_params({"data": {"source": "mnist"}}))

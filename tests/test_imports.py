@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.code_deps import PACKAGE, ROOT, STAGES, closure, find_cycle, imports_of, stage_code
+from pipelines.tools.code_deps import (
+    PACKAGE,
+    ROOT,
+    STAGES,
+    closure,
+    find_cycle,
+    imports_of,
+    stage_code,
+)
 
 
 def test_the_package_has_no_import_circle():
@@ -35,7 +43,7 @@ def test_the_closure_sees_nested_imports_and_the_packages_on_the_way():
 
 
 def test_the_writer_leaves_a_current_dvc_yaml_unchanged():
-    from pipelines.code_deps import rewrite
+    from pipelines.tools.code_deps import rewrite
 
     text = (ROOT / "dvc.yaml").read_text()
     assert rewrite(text) == text
@@ -43,9 +51,39 @@ def test_the_writer_leaves_a_current_dvc_yaml_unchanged():
 
 def test_quantization_core_layers():
     """quant: the pure reference; kernels: only the core; ops: the one dispatch point."""
-    quant, kernels, ops = (PACKAGE / f"{m}.py" for m in ("quant", "kernels", "ops"))
+    quant, kernels, ops = (PACKAGE / "quant" / f"{m}.py" for m in ("core", "kernels", "ops"))
     assert imports_of(quant) == frozenset()
     assert imports_of(kernels) <= {quant}
     assert imports_of(ops) <= {quant, kernels}
     users = {p.name for p in PACKAGE.rglob("*.py") if kernels in imports_of(p)}
     assert users <= {"ops.py"}, users
+
+
+# Which subpackages each may import: data flows one way, quant -> models -> train -> eval ->
+# report; stages and the CLI sit on top; export reads trained runs.
+LAYERS = {
+    "quant": {"quant"},
+    "models": {"models", "quant"},
+    "train": {"train", "models", "quant"},
+    "eval": {"eval", "models", "quant", "train"},
+    "report": {"report"},
+    "export": {"export", "models", "quant", "train"},
+}
+TOP = {p.stem for p in PACKAGE.glob("*.py")}
+
+
+def _area(path):
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else None
+
+
+@pytest.mark.parametrize("area", sorted(LAYERS))
+def test_subpackages_import_only_the_layers_below(area):
+    for path in (PACKAGE / area).rglob("*.py"):
+        used = {_area(p) for p in imports_of(path)} - {None}
+        extra = sorted(used - LAYERS[area])
+        assert not extra, f"{path.relative_to(ROOT)} imports {extra}"
+
+
+def test_the_top_level_stays_small():
+    assert len(TOP) <= 15, sorted(TOP)

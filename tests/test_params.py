@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from fraqat.errors import ParamsError
-from fraqat.modules import QuantConfig
 from fraqat.params import Params, load_params, parse_params
+from fraqat.quant.layers import QuantConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -143,7 +143,7 @@ def test_pipeline_profile_has_the_keys_of_params_yaml():
 
 
 def test_default_prompts_are_varied():
-    from fraqat.pipeline_folder import read_prompts
+    from fraqat.models.folder import read_prompts
 
     prompts = read_prompts(None)
     assert len(prompts) == len(set(prompts)) >= 16
@@ -155,7 +155,7 @@ def test_reference_images_load_as_rgb_in_range(tmp_path):
     from PIL import Image
 
     from fraqat.errors import FraqatError
-    from fraqat.pipeline_eval import load_reference_images
+    from fraqat.eval.pipeline import load_reference_images
 
     for i in range(3):
         Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")

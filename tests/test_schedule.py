@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraqat.flow import cosine_lr
+from fraqat.models.rectified_flow import cosine_lr
 from fraqat.schedule import (
     LR_SHAPES,
     SCHEDULES,

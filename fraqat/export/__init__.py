@@ -4,7 +4,7 @@ What is written
     ``model.onnx``: the transformer's forward (``hidden_states``, ``encoder_hidden_states``,
     ``timestep``, ``encoder_attention_mask`` -> ``sample``; batch dimension dynamic). The prompt
     encoder stays outside, as a real text encoder would. Every quantized weight is an integer
-    initializer (the trained codes, :func:`fraqat.quant.integer_codes`) + scale feeding a
+    initializer (the trained codes, :func:`fraqat.quant.core.integer_codes`) + scale feeding a
     ``DequantizeLinear`` whose output is named ``<layer>.weight``; every quantized activation
     *tensor* gets one ``QuantizeLinear``/``DequantizeLinear`` pair with its calibrated INT8
     scale/zero point, read by all of the tensor's readers. Past 2 GB of tensors the weights go

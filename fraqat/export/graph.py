@@ -16,7 +16,7 @@ One encoding per tensor
     tensor sees its quantized value: each quantized tensor gets one ``QuantizeLinear`` /
     ``DequantizeLinear`` pair and *every* reader (quantized layers and float ops alike, e.g.
     Sana's residual add after cross-attention) reads the ``DequantizeLinear`` output. The
-    PyTorch model is trained with the same semantics (:mod:`fraqat.tensor_quantizers`), which
+    PyTorch model is trained with the same semantics (:mod:`fraqat.quant.tensor_quantizers`), which
     :func:`fraqat.export.verification.verify` checks. Layers that read one tensor must
     therefore share one quantizer; different qparams on one tensor are refused.
 """
@@ -52,7 +52,7 @@ from fraqat.export.specs import (
     collect_specs,
     weight_container,
 )
-from fraqat.modules import quant_layers
+from fraqat.quant.layers import quant_layers
 
 INPUT_NAMES = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask")
 OUTPUT_NAME = "sample"
@@ -200,7 +200,7 @@ def _act_markers(graph: onnx.GraphProto, acts: dict[str, ActSpec]) -> dict[str, 
             raise FraqatError(
                 f"layers {', '.join(layers)} read one tensor ({tensor}) with different "
                 "activation qparams; HTP gives a tensor one encoding (allowed: layers reading "
-                "one tensor share one quantizer, fraqat.tensor_quantizers.share_tensor_quantizers)")
+                "one tensor share one quantizer, share_tensor_quantizers)")
     return readers
 
 

@@ -33,8 +33,8 @@ from onnx import TensorProto
 from torch import nn
 
 from fraqat.errors import FraqatError
-from fraqat.modules import quant_layers
-from fraqat.quant import integer_codes
+from fraqat.quant.core import integer_codes
+from fraqat.quant.layers import quant_layers
 
 OPSET_21 = 21  # INT4/UINT4 tensors and blocked DequantizeLinear
 # A QuantLinear / QuantConv2d: nn.Module and _QuantMixin at once, which mypy cannot spell

@@ -20,8 +20,8 @@ from torch import nn
 from fraqat.export.files import feed, session
 from fraqat.export.graph import OUTPUT_NAME, ExportResult
 from fraqat.export.specs import ActSpec, WeightSpec, trained_codes
-from fraqat.modules import quant_layers
-from fraqat.tensor_quantizers import layer_input_semantics
+from fraqat.quant.layers import quant_layers
+from fraqat.quant.tensor_quantizers import layer_input_semantics
 
 
 @dataclass(frozen=True)

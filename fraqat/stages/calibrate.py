@@ -8,7 +8,7 @@ use, is touched by neither. Both files keep the noisy input ``x_t`` and the prom
 later stages never re-draw randomness.
 
 For a real model (``model_path``: a diffusers pipeline folder) the points lie on the
-pipeline's own sampling trajectories from seeded noise (:mod:`fraqat.trajectory`), and the
+pipeline's own sampling trajectories from seeded noise (:mod:`fraqat.models.trajectory`), and the
 prompts are encoded once by its text encoders (``cond.*`` in the same file).
 """
 
@@ -21,12 +21,12 @@ import torch
 
 from fraqat import paths
 from fraqat.artifacts import load_split
-from fraqat.distributed import resolve_device
-from fraqat.flow import noisy
 from fraqat.io import save_tensors
+from fraqat.models.folder import load_pipeline, model_family, read_prompts
+from fraqat.models.rectified_flow import noisy
+from fraqat.models.trajectory import calibration_set
 from fraqat.params import Params
-from fraqat.pipeline_folder import load_pipeline, model_family, read_prompts
-from fraqat.trajectory import calibration_set
+from fraqat.train.distributed import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import logging
 
 from fraqat import paths
 from fraqat.artifacts import load_split
-from fraqat.classifier import accuracy, save_classifier, train_classifier
 from fraqat.errors import FraqatError
-from fraqat.fid import Stats, classifier_features, frechet
+from fraqat.eval.classifier import accuracy, save_classifier, train_classifier
+from fraqat.eval.fid import Stats, classifier_features, frechet
 from fraqat.io import write_json
 from fraqat.params import Params
 

@@ -9,7 +9,7 @@ distillation loss: velocity MSE to the teacher on a fixed seeded set of noised h
 Image metrics use the samples clipped to [-1, 1]; the samples file keeps them unclipped, with
 the per-item held-out squared errors so that ``fraqat report`` can bootstrap over items.
 
-A real pipeline (:mod:`fraqat.pipeline_eval`) generates with its own ``__call__``, the
+A real pipeline (:mod:`fraqat.eval.pipeline`) generates with its own ``__call__``, the
 transformer swapped; FID against ``eval.reference_path`` or the FP pipeline's images;
 prompt accuracy has no digit classifier to read it (null), the CLIP score from
 ``eval.clip_path`` stands in (null without it); the held-out loss is taken on the
@@ -30,23 +30,23 @@ from tqdm import tqdm
 
 from fraqat import paths
 from fraqat.artifacts import load_split
-from fraqat.classifier import load_classifier, predict, single_thread
 from fraqat.data import ImageSet, prompt_for
-from fraqat.distributed import resolve_device
 from fraqat.errors import FraqatError
-from fraqat.fid import Stats, feature_fn, frechet
-from fraqat.flow import noisy
+from fraqat.eval.classifier import load_classifier, predict, single_thread
+from fraqat.eval.fid import Stats, feature_fn, frechet
+from fraqat.eval.pipeline import clip_scorer, image_features, load_reference_images
+from fraqat.eval.pipeline import eval_prompts as pipeline_prompts
+from fraqat.eval.pipeline import generate as pipeline_generate
 from fraqat.io import load_tensors, read_json, read_metadata, save_tensors, write_json
-from fraqat.models import TextToImage, load_teacher
-from fraqat.modules import quant_layers
+from fraqat.models.folder import load_pipeline, model_family, read_prompts
+from fraqat.models.rectified_flow import noisy
+from fraqat.models.registry import TextToImage, load_teacher
+from fraqat.models.sampling import sample, seeded_noise
+from fraqat.models.trajectory import predict_points
 from fraqat.params import EvalParams, Params
-from fraqat.pipeline_eval import clip_scorer, image_features, load_reference_images
-from fraqat.pipeline_eval import eval_prompts as pipeline_prompts
-from fraqat.pipeline_eval import generate as pipeline_generate
-from fraqat.pipeline_folder import load_pipeline, model_family, read_prompts
-from fraqat.runs import load_quantized_transformer, load_run
-from fraqat.sampling import sample, seeded_noise
-from fraqat.trajectory import predict_points
+from fraqat.quant.layers import quant_layers
+from fraqat.train.distributed import resolve_device
+from fraqat.train.runs import load_quantized_transformer, load_run
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from fraqat import export, paths
 from fraqat.artifacts import load_calibration
 from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
-from fraqat.families import batched_inputs
 from fraqat.io import atomic_path, read_json, write_json
-from fraqat.models import TextToImage
+from fraqat.models.families import batched_inputs
+from fraqat.models.registry import TextToImage
 from fraqat.params import Params
-from fraqat.runs import load_run
-from fraqat.tensor_quantizers import plan_of
+from fraqat.quant.tensor_quantizers import plan_of
+from fraqat.train.runs import load_run
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Stands in for "download the pretrained checkpoint": a tiny ``SanaTransformer2DMo
 learned prompt encoder trained from scratch on the digits (``data.source``), written to
 ``data/teacher``. On CUDA it runs under bf16 autocast (``train.autocast``'s rule: ``auto`` =
 bf16 on CUDA, fp32 on the CPU, so the CPU teacher is the fp32 one bit for bit).
-``outliers.fraction > 0`` then rescales channel pairs (:mod:`fraqat.outliers`: same FP
+``outliers.fraction > 0`` then rescales channel pairs (:mod:`fraqat.models.outliers`: same FP
 function, weights with outliers like a large pretrained DiT's); ``reports/teacher.json`` holds
 the weights' abs-max/std and kurtosis either way.
 """
@@ -18,14 +18,15 @@ import time
 import torch
 from tqdm import tqdm
 
-from fraqat import distributed, paths
+from fraqat import paths
 from fraqat.artifacts import load_split
 from fraqat.data import PROMPTS, prompt_for
-from fraqat.flow import cosine_lr, noisy, sample_times, velocity
 from fraqat.io import atomic_path, write_json
-from fraqat.models import build_tiny_sana, load_transformer, write_pipeline_pointer
-from fraqat.outliers import add_outliers, summarize, weight_stats
+from fraqat.models.outliers import add_outliers, summarize, weight_stats
+from fraqat.models.rectified_flow import cosine_lr, noisy, sample_times, velocity
+from fraqat.models.registry import build_tiny_sana, load_transformer, write_pipeline_pointer
 from fraqat.params import Params
+from fraqat.train import distributed
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fraqat import fair, paths, plots
+from fraqat import paths
 from fraqat.errors import FraqatError
-from fraqat.flow import seeded_noise
 from fraqat.io import atomic_path, load_tensors, read_json, write_json, write_text
+from fraqat.models.rectified_flow import seeded_noise
 from fraqat.params import Params
-from fraqat.probes import PROBE_POINTS, probe_markdown, probe_summary
-from fraqat.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap, paired_ttest
-from fraqat.tables import fmt as _fmt
-from fraqat.tables import isnan as _isnan
-from fraqat.tables import markdown_table as md_table
+from fraqat.report import fair, plots
+from fraqat.report.probes import PROBE_POINTS, probe_markdown, probe_summary
+from fraqat.report.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap, paired_ttest
+from fraqat.report.tables import fmt as _fmt
+from fraqat.report.tables import isnan as _isnan
+from fraqat.report.tables import markdown_table as md_table
 
 log = logging.getLogger(__name__)
 

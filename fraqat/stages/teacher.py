@@ -10,11 +10,11 @@ import logging
 
 from fraqat import paths
 from fraqat.artifacts import load_calibration
-from fraqat.distributed import resolve_device
 from fraqat.io import save_tensors
-from fraqat.models import load_teacher, predict_all
+from fraqat.models.registry import load_teacher, predict_all
+from fraqat.models.trajectory import predict_points
 from fraqat.params import Params
-from fraqat.trajectory import predict_points
+from fraqat.train.distributed import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,19 @@
 """Stage ``train --method M --seed S``: QAT of one run, or PTQ (calibration only).
 
-The methods, their schedules and learning rates are :mod:`fraqat.methods`'s.
+The methods, their schedules and learning rates are :mod:`fraqat.train.student`'s.
 """
 
 from __future__ import annotations
 
 import logging
 
-from fraqat import distributed, paths
+from fraqat import paths
 from fraqat.io import write_json
-from fraqat.methods import train_student
-from fraqat.modules import QuantConfig
 from fraqat.params import Params
-from fraqat.runs import save_run
+from fraqat.quant.layers import QuantConfig
+from fraqat.train import distributed
+from fraqat.train.runs import save_run
+from fraqat.train.student import train_student
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from fraqat import paths
 from fraqat.errors import FraqatError
 from fraqat.io import write_json
-from fraqat.methods import choose_lr, train_student, tuned_methods, validation_data
-from fraqat.models import load_teacher
+from fraqat.models.registry import load_teacher
 from fraqat.params import Params
+from fraqat.train.student import choose_lr, train_student, tuned_methods, validation_data
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from fraqat.modules import quant_layers
-from fraqat.quant import integer_codes
+from fraqat.quant.core import integer_codes
+from fraqat.quant.layers import quant_layers
 from tests.export.tiny import tensor_names
 
 

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from fraqat import export as hx
-from fraqat.modules import quant_layers
+from fraqat.quant.layers import quant_layers
 from tests.export.tiny import inputs, tensor_names
 
 # aimet-onnx 2.42's QuantizationSimModel vs onnxruntime on the exported QDQ graph, relative L2,

@@ -9,7 +9,7 @@ import torch
 
 from fraqat import export as hx
 from fraqat.errors import FraqatError
-from fraqat.modules import QuantConfig, quant_layers, quantize_model
+from fraqat.quant.layers import QuantConfig, quant_layers, quantize_model
 from tests.export.tiny import inputs, quantized
 
 

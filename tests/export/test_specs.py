@@ -11,8 +11,8 @@ from onnx import TensorProto
 
 from fraqat import export as hx
 from fraqat.errors import FraqatError
-from fraqat.modules import quant_layers
-from fraqat.quant import integer_codes
+from fraqat.quant.core import integer_codes
+from fraqat.quant.layers import quant_layers
 from tests.export.tiny import inputs, quantized
 
 

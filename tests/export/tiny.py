@@ -8,9 +8,9 @@ import onnx
 import torch
 from torch import nn
 
-from fraqat.models import tiny_sana_config
-from fraqat.modules import QuantConfig, calibrate_activations, quantize_model
-from fraqat.tensor_quantizers import share_tensor_quantizers
+from fraqat.models.registry import tiny_sana_config
+from fraqat.quant.layers import QuantConfig, calibrate_activations, quantize_model
+from fraqat.quant.tensor_quantizers import share_tensor_quantizers
 
 TINY_SANA = tiny_sana_config(width=32, layers=1, heads=2, patch_size=1)
 

@@ -1,0 +1,1 @@
+"""Evaluation: the classifier feature network, FID through clean-fid, real pipelines' images."""

@@ -1,0 +1,1 @@
+"""Models: the registry, diffusers families, the embedded default's parts, flow math."""

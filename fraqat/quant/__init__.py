@@ -1,0 +1,1 @@
+"""Fake quantization: the pure core, its GPU kernels, the one dispatch point, quantized layers."""

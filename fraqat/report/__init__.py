@@ -1,0 +1,1 @@
+"""Reporting: paired statistics, the fair comparison, tables, probes and plots."""

@@ -1,0 +1,1 @@
+"""Training: the QAT trainer, its step, checkpoints, parallelism, trained runs on disk."""

@@ -1,0 +1,1 @@
+"""Experiment drivers over DVC experiments: the schedule ablation and the regime map."""

@@ -1,0 +1,1 @@
+"""Developer tools: generated stage deps, README blocks, timed `dvc repro`."""

@@ -1,0 +1,181 @@
+"""README blocks generated from ``reports/``: the README never holds a hand-copied number.
+
+Each block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in ``README.md``;
+``python -m pipelines.tools.readme`` rewrites every block from the report it quotes, and
+``tests/test_readme.py`` fails when a block differs from what its report says now.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def section(markdown: str, heading: str) -> str:
+    """The body of the ``## heading`` section (up to the next ``## ``), stripped."""
+    m = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", markdown, re.S | re.M)
+    if m is None:
+        raise ValueError(f"no section '## {heading}'")
+    return m.group(1).strip()
+
+
+def first_table(markdown: str) -> str:
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    lines = markdown.splitlines()
+    start = lines.index(rows[0])
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[start:end])
+
+
+def results(root: Path) -> str:
+    md = (root / "reports/comparison.md").read_text()
+    return "\n\n".join([first_table(md), section(md, "The paper's claim")])
+
+
+def ablation(root: Path) -> str:
+    return section((root / "reports/ablation/ablation.md").read_text(), "Finding")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f}" if n >= 100 * 2**20 else f"{n / 2**20:.3g}"
+
+
+def export(root: Path) -> str:
+    """The export checks of the embedded model (``reports/export.json``) and of the
+    Sana-600M config (``benchmarks/results/export-sana-600m-cpu.json``), one row each."""
+    rows = ["| model | per-tensor gate | end to end | views only | weight codes | FP32 → packed |",
+            "|---|---|---|---|---|---|"]
+    sources = [("embedded (dvc repro)", root / "reports/export.json"),
+               ("Sana-600M config, random", root / "benchmarks/results/export-sana-600m-cpu.json")]
+    for name, path in sources:
+        r = json.loads(path.read_text())
+        check = r.get("verify", r)
+        sem, sizes = check["per_tensor_semantics"], r["sizes"]
+        if "end_to_end_rel_l2_error" not in sem:  # written before per-tensor quantizers
+            rows.append(f"| {name} | not yet reproduced with per-tensor quantizers "
+                        "(`dvc repro export`) | | | | |")
+            continue
+        rows.append(f"| {name} | {sem['rel_l2_error']:.1e} (≤ {sem['rel_l2_tolerance']:g}) "
+                    f"| {sem['end_to_end_rel_l2_error']:.1e} "
+                    f"| {sem['layer_input_rel_l2_error']:.1e} "
+                    f"| {check['weights']['code_mismatches']} of {check['weights']['codes']:,} "
+                    f"differ | {_mib(sizes['fp32_bytes'])} → {_mib(sizes['packed_bytes'])} MiB |")
+    return "\n".join(rows)
+
+
+def stages_json(root: Path) -> Path | None:
+    """The GPU run of ``benchmarks/pipeline_stages.py`` the README quotes (newest name last):
+    a finished one (``needs`` written), not a CPU ``--tiny`` smoke run."""
+    def finished_gpu_run(path: Path) -> bool:
+        r = json.loads(path.read_text())
+        return "needs" in r and not r["meta"].get("tiny")
+
+    found = sorted((root / "benchmarks/results").glob("pipeline-stages-sana-600m-*.json"))
+    found = [p for p in found if finished_gpu_run(p)]
+    return found[-1] if found else None
+
+
+def needs(root: Path, path: Path | None = None) -> str:
+    """Per-model GPU memory, disk and hours for the paper-size run, from the measured
+    Sana-600M stage run's projection (``benchmarks/model_needs.py``)."""
+    path = path or stages_json(root)
+    if path is None:
+        return ("*Pending the GPU run:* `python -m benchmarks.pipeline_stages --json "
+                "benchmarks/results/pipeline-stages-sana-600m-<card>.json` on one GPU, then "
+                "`python -m pipelines.tools.readme`.")
+    r = json.loads(path.read_text())
+    m, p, ref = r["meta"], r["needs"]["paper_run"], r["needs"]["reference"]
+    rows = ["| model | transformer params | tokens / sample | GPU GiB, train (of which weights, "
+            "grads, AdamW) | GPU GiB, calibrate"
+            " + evaluate (fp32 pipeline) | disk GB: checkpoint + calibration + teacher + runs |"
+            " hours: calibrate + teacher + train + evaluate |", "|---|---|---|---|---|---|---|"]
+    for x in r["needs"]["models"]:
+        d, h = x["disk_gb"], x["hours"]
+        rows.append(
+            f"| {x['model']} | {x['transformer_params'] / 1e9:.2f} B | {x['tokens']:,} "
+            f"| {x['train_gib']:.0f} ({x['train_static_gib']:.0f}) | {x['infer_gib']:.0f} "
+            f"| {d['checkpoint']:.0f} + {d['calibration']:.0f} + {d['teacher']:.0f} + "
+            f"{d['runs']:.0f} = **{x['disk_total_gb']:.0f}** "
+            f"| {h['calibrate']:.1f} + {h['teacher']:.1f} + {h['train']:.1f} + "
+            f"{h['evaluate']:.1f} = **{x['hours_total']:.1f}** |")
+    run = r["run"]
+    source = (f"Scaled from `{path.relative_to(root)}` ({m['device']}, {m['date']}, torch "
+              f"{m['torch']}, diffusers {m['diffusers']}): the Sana-600M pipeline at "
+              f"{run['resolution']} px, batch {ref['batch']}, measured "
+              f"{ref['train_step_s'] * 1e3:.0f} ms per training step (mean over "
+              f"{', '.join(k for k, v in run['train_steps'].items() if v > 0)}, "
+              f"{max(run['train_steps'].values())} steps each, overheads included) and an "
+              f"activation part of {ref['train_act_bytes'] / 2**30:.1f} GiB in training. "
+              f"Assumed paper-size run (the paper's own step count and batch are not in the "
+              f"project's notes): {p['steps']:,} steps of batch {p['batch']} at "
+              f"{p['resolution']} px for each of {p['methods']} methods × {p['seeds']} seed, "
+              f"{p['points']:,} calibration points from {p['prompts']:,} prompts, "
+              f"{p['eval_images']:,} evaluation images per method and FP at the model's usual "
+              f"sampling steps, one GPU. The evaluate hours are an upper bound: the measured "
+              f"evaluations were 4 images of 4 steps each, pipeline loading included.")
+    return "\n".join(rows) + "\n\n" + source
+
+
+LAYOUT_DIRS = ("fraqat", "pipelines", "benchmarks")
+
+
+def _summary(path: Path) -> str:
+    """The first sentence of a module's docstring (the layout tree's one line per file)."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    first = " ".join(doc.split("\n\n")[0].split())
+    sentence = re.split(r"(?<=[.])\s", first)[0].rstrip(".")
+    return sentence if len(sentence) <= 76 else sentence[:75].rstrip() + "…"
+
+
+def layout(root: Path) -> str:
+    """The source tree, one line per module, from the modules' own docstrings."""
+    lines = ["```"]
+    for top in LAYOUT_DIRS:
+        lines.append(f"{top}/")
+        for path in sorted((root / top).rglob("*.py")):
+            rel = path.relative_to(root / top)
+            if "__pycache__" in rel.parts or (path.name == "__init__.py" and len(rel.parts) == 1):
+                continue
+            depth = len(rel.parts)
+            name = f"{rel.parent.name}/" if path.name == "__init__.py" else path.name
+            indent = "  " * (depth if path.name != "__init__.py" else depth - 1)
+            lines.append(f"{indent}{name:<{max(24 - len(indent), len(name) + 1)}}{_summary(path)}")
+    return "\n".join([*lines, "```"])
+
+
+def regime(root: Path) -> str:
+    return section((root / "reports/regime/regime.md").read_text(), "Regime map")
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"results": results, "ablation": ablation,
+                                            "regime": regime, "export": export, "needs": needs,
+                                            "layout": layout}
+
+
+def render(readme: str, root: Path = ROOT) -> str:
+    """``readme`` with each block's body replaced by its current report text."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(readme):
+            raise ValueError(f"README.md has no block '{name}'")
+        body = make(root)
+        readme = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), readme)
+    return readme
+
+
+def main() -> None:
+    path = ROOT / "README.md"
+    path.write_text(render(path.read_text()))
+    print(f"updated {path.name}: {', '.join(BLOCKS)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

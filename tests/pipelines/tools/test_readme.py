@@ -1,0 +1,64 @@
+"""Every number in the README's generated blocks is what reports/ says now."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.tools.readme import ROOT, render, section
+
+
+def test_readme_blocks_match_the_reports():
+    readme = (ROOT / "README.md").read_text()
+    assert render(readme) == readme, "run `python -m pipelines.tools.readme` after `dvc repro`"
+
+
+def test_render_replaces_a_stale_block(tmp_path):
+    (tmp_path / "reports/ablation").mkdir(parents=True)
+    (tmp_path / "reports/comparison.md").write_text(
+        "# t\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## The paper's claim\n\nclaim text\n")
+    (tmp_path / "reports/ablation/ablation.md").write_text("## Finding\n\n- one\n\n## Cells\n")
+    (tmp_path / "reports/regime").mkdir()
+    (tmp_path / "reports/regime/regime.md").write_text("# r\n\n## Regime map\n\n- map\n\n## CPU\n")
+    export = {"per_tensor_semantics": {"rel_l2_error": 1e-4, "rel_l2_tolerance": 0.01,
+                                       "end_to_end_rel_l2_error": 2e-3,
+                                       "layer_input_rel_l2_error": 0.07},
+              "weights": {"code_mismatches": 0, "codes": 10}, "sizes": {"fp32_bytes": 2**20,
+                                                                        "packed_bytes": 2**17}}
+    (tmp_path / "reports/export.json").write_text(json.dumps(export))
+    (tmp_path / "benchmarks/results").mkdir(parents=True)
+    (tmp_path / "benchmarks/results/export-sana-600m-cpu.json").write_text(
+        json.dumps({"verify": export, "sizes": export["sizes"]}))
+    stale = ("x\n<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
+             "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n"
+             "<!-- regime:start -->\nold\n<!-- regime:end -->\n"
+             "<!-- export:start -->\nold\n<!-- export:end -->\n"
+             "<!-- needs:start -->\nold\n<!-- needs:end -->\n"
+             "<!-- layout:start -->\nold\n<!-- layout:end -->\n")
+    out = render(stale, tmp_path)
+    assert "Pending the GPU run" in out  # no pipeline-stages JSON in tmp_path
+    assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
+    assert "<!-- regime:start -->\n- map\n<!-- regime:end -->" in out
+    assert "| 1.0e-04 (≤ 0.01) | 2.0e-03 | 7.0e-02 | 0 of 10 differ | 1 → 0.125 MiB |" in out
+    del export["per_tensor_semantics"]["end_to_end_rel_l2_error"]  # an older export report
+    (tmp_path / "reports/export.json").write_text(json.dumps(export))
+    assert "not yet reproduced with per-tensor quantizers" in render(stale, tmp_path)
+    with pytest.raises(ValueError, match="no block 'results'"):
+        render("nothing here", tmp_path)
+
+
+def test_section_stops_at_the_next_heading():
+    assert section("## A\nbody\n## B\nrest", "A") == "body"
+
+
+def test_the_layout_tree_names_every_module():
+    from pipelines.tools.readme import layout
+
+    tree = layout(ROOT)
+    files = [*ROOT.glob("fraqat/**/*.py"), *ROOT.glob("pipelines/**/*.py"),
+             *ROOT.glob("benchmarks/*.py")]
+    missing = sorted(str(f.relative_to(ROOT)) for f in files
+                     if f.name != "__init__.py" and f"  {f.name}" not in tree)
+    assert not missing, f"the layout tree does not mention {missing}"
+    assert tree.count(" ops.py ") == 1
