@@ -1,0 +1,150 @@
+"""The sweep over a Prefect work pool: 2 workers in 2 clones, a shared git remote for the
+experiments' refs and a shared DVC remote folder for their outputs, a real local server.
+
+One worker is killed (its whole process group, as a machine that dies) while it trains: the
+sweep marks its run crashed and submits the point again, the other worker runs it, and the
+collected table equals the one a single ``dvc exp run`` of the same cell gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("prefect")
+pytest.importorskip("dvc")
+
+from pipelines.experiments import regime
+from pipelines.sweep import points, table
+from pipelines.sweep_point import overrides_args
+from tests.pipelines.test_flows import _stop, prefect_server  # noqa: F401  (a fixture)
+from tests.tiny import env_for, git, make_tiny_repo
+
+CELL = "w4-lr3e-3"
+GRID = {"grid": "regime", "cells": [CELL], "methods": ["qat", "fraqat-late"], "seeds": [0, 1]}
+# Toy sizes; one learning rate, no tuning runs. Both paths get the same overrides.
+SETS = {"tune.lr_grid": "[]", "train.lr": "0.003", "pretrain.steps": "2", "pretrain.width": "16",
+        "calibration.num_samples": "32", "calibration.validation_samples": "8",
+        "train.steps": "8", "train.checkpoint_every": "2", "train.probe_every": "4",
+        "train.probe_samples": "8"}
+
+
+def clones(tmp: Path, *names: str) -> dict[str, Path]:
+    """A bare ``origin`` of the tiny project and clones of it side by side (so the default
+    DVC remote, ``../fraqat-dvc-remote`` of each clone, is one folder for all)."""
+    src = make_tiny_repo(tmp / "src")
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(tmp / "origin.git")],
+                   check=True)
+    out = {}
+    for name in names:
+        subprocess.run(["git", "clone", "-q", str(tmp / "origin.git"), str(tmp / name)],
+                       check=True)
+        git(tmp / name, "config", "user.email", "ci@fraqat.local")
+        git(tmp / name, "config", "user.name", "fraqat tests")
+        out[name] = tmp / name
+    return out
+
+
+def sweep(repo: Path, server_env: dict[str, str], *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipelines.sweep", *args], cwd=repo,
+                            env=env_for(repo, **server_env, **kw), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def start_worker(repo: Path, server_env: dict[str, str], name: str) -> subprocess.Popen:
+    log = (repo.parent / f"{name}.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "pipelines.sweep", "worker", "--name", name],
+                            cwd=repo, env=env_for(repo, **server_env,
+                                                  PREFECT_WORKER_HEARTBEAT_SECONDS="2",
+                                                  PREFECT_WORKER_QUERY_SECONDS="2"),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def single_machine(repo: Path, server_env: dict[str, str]) -> subprocess.Popen:
+    """The cell as one experiment of the whole grid in one workspace (what ``pipelines.
+    experiments.regime queue --target train`` queues), with the same overrides."""
+    sets = {**regime.BASE, "seeds": "[0,1]", **regime.CELLS[CELL], "methods": "[qat,fraqat-late]",
+            **SETS}
+    return subprocess.Popen(["dvc", "exp", "run", "train", "-n", CELL, *overrides_args(sets)],
+                            cwd=repo, env=env_for(repo, **server_env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def exp_show(repo: Path) -> list[dict]:
+    return json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo,
+                                     env=env_for(repo), check=True, capture_output=True,
+                                     text=True).stdout)
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, path.read_text()[-4000:]
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_two_workers_reproduce_the_single_machine_table_after_a_kill(prefect_server, tmp_path):
+    _, server_env = prefect_server
+    repos = clones(tmp_path, "lead", "solo", "a", "b")
+    deploy = sweep(repos["lead"], server_env, "deploy")
+    assert deploy.wait(timeout=120) == 0, deploy.stdout.read() if deploy.stdout else ""
+    solo = single_machine(repos["solo"], server_env)
+    workers = {n: start_worker(repos[n], server_env, n) for n in ("a", "b")}
+    args = ["run", "--grid", "regime", "--cells", CELL, "--methods", "qat", "fraqat-late",
+            "--seeds", "0", "1", "--set", *(f"{k}={v}" for k, v in SETS.items())]
+    run = sweep(repos["lead"], server_env, *args)
+    try:
+        wait_for(tmp_path / "b.log", "Running stage 'train@", workers["b"], timeout=240)
+        os.killpg(workers["b"].pid, signal.SIGKILL)  # the machine is gone mid-training
+        out, _ = run.communicate(timeout=420)
+        solo_out, _ = solo.communicate(timeout=300)
+    finally:
+        for proc in (run, solo, *workers.values()):
+            _stop(proc)
+    assert run.returncode == 0, out[-6000:]
+    assert "submitting it again" in out and ("is offline" in out or "no heartbeat" in out), out
+    assert solo.returncode == 0, solo_out[-4000:]
+
+    pts = points(**GRID, sets=SETS)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repos["lead"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    swept, _ = table("regime", pts, exp_show(repos["lead"]), rev)
+    want = regime.summarize(regime.runs(exp_show(repos["solo"])))
+    assert list(swept["seeds"]) == [2, 2]  # every point once: none lost, none counted twice
+    pd.testing.assert_frame_equal(swept.reset_index(drop=True), want.reset_index(drop=True),
+                                  rtol=1e-6)
+    on_remote = subprocess.run(["dvc", "exp", "list", "origin", "--name-only"],
+                               cwd=repos["lead"], env=env_for(repos["lead"]), check=True,
+                               capture_output=True, text=True).stdout.split()
+    assert sorted(on_remote) == sorted(p.name for p in pts)
+    assert (repos["lead"] / ".sweep/regime.md").read_text().strip() in out
+
+
+def test_a_worker_that_cannot_reach_the_remote_fails_in_one_line(tmp_path):
+    repo = clones(tmp_path, "a")["a"]
+    git(repo, "remote", "set-url", "origin", str(tmp_path / "gone.git"))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.sweep", "worker"], cwd=repo,
+                          env=env_for(repo), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: cannot reach the git remote 'origin'")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_points_are_named_by_grid_point_and_reuse_the_regime_cells():
+    pts = points(**GRID, sets={"train.steps": "8"})
+    assert [p.name for p in pts] == [f"{CELL}-{m}-s{s}" for m in ("qat", "fraqat-late")
+                                     for s in (0, 1)]
+    first = pts[0].overrides
+    assert first["methods"] == "[qat]" and first["seeds"] == "[0]" and first["device"] == "cpu"
+    assert {k: first[k] for k in regime.CELLS[CELL]} == regime.CELLS[CELL]
+    (cell,) = points("ablation-quick", ["w3-final70"])
+    assert cell.name == "w3-final70" and cell.overrides["bits"] == 3  # one experiment a cell
