@@ -1,4 +1,4 @@
-"""A grid over several machines: Prefect workers run its points as DVC experiments.
+"""A grid over machines: Prefect workers run its points as DVC experiments.
 
 The grid is the regime's or the ablation's (their cells, imported), × methods × seeds. Each
 point is a flow run of the ``fraqat-sweep-point`` deployment on a Prefect work pool of type
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
+from uuid import UUID
 
 import pandas as pd
 import yaml
@@ -180,7 +181,7 @@ def watch(pts: list[Point], submit, pool: str, attempts: int, poll_s: float,
                     client.set_flow_run_state(run.id, Crashed(message=gone), force=True)
                 elif run.state_type not in (StateType.FAILED, StateType.CRASHED):
                     continue
-                why = gone or (run.state.message if run.state else run.state_type.value)
+                why = gone or (run.state.message if run.state else None) or "failed"
                 if tries[p.name] >= attempts:
                     failed[p.name] = str(why)
                     continue
@@ -249,12 +250,14 @@ def fraqat_sweep(grid: GridName = "regime", cells: list[str] | None = None,
     pts = points(grid, cells, methods, seeds, sets, device)
     target = GRIDS[grid].target
 
-    def submit(p: Point, attempt: int):
-        return run_deployment(
+    def submit(p: Point, attempt: int) -> UUID:
+        child = run_deployment(
             f"{sweep_point.name}/{deployment}", timeout=0, work_queue_name=device,
             flow_run_name=p.name if attempt == 1 else f"{p.name} (run {attempt})",
             parameters={"name": p.name, "overrides": p.overrides, "rev": rev,
-                        "git_remote": git_remote, "target": target}).id
+                        "git_remote": git_remote, "target": target})
+        assert isinstance(child, FlowRun)  # the sync call returns the run itself
+        return child.id
 
     done, failed = watch(pts, submit, pool, attempts, poll_s, timeout_s)
     md = collect(root, grid, pts, done, rev, git_remote, root / out)

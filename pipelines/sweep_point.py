@@ -1,4 +1,4 @@
-"""One point of a sweep: a DVC experiment run by a Prefect worker in the worker's own clone.
+"""One point of a sweep: a DVC experiment in a Prefect worker's own clone.
 
 The deployment's pull step moves the flow run into ``$FRAQAT_CLONE`` (``python -m
 pipelines.sweep worker`` sets it to the clone it starts in), so each machine runs the point in

@@ -8,8 +8,8 @@ collected table equals the one a single ``dvc exp run`` of the same cell gives.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 pytest.importorskip("prefect")
@@ -84,6 +85,24 @@ def exp_show(repo: Path) -> list[dict]:
                                      text=True).stdout)
 
 
+def kill_machine(clone: Path) -> None:
+    """SIGKILL every process of ``clone``'s worker: the worker, and its flow run, which Prefect
+    starts in a session of its own, with their children (all carry ``FRAQAT_CLONE``)."""
+    mine = [p for p in psutil.process_iter()
+            if _environ(p).get("FRAQAT_CLONE") == str(clone)]
+    assert mine, f"no process of {clone}"
+    for proc in mine:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+
+
+def _environ(proc: psutil.Process) -> dict[str, str]:
+    try:
+        return proc.environ()
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return {}
+
+
 def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while text not in path.read_text():
@@ -92,7 +111,8 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> N
 
 
 @pytest.mark.slow
-def test_two_workers_reproduce_the_single_machine_table_after_a_kill(prefect_server, tmp_path):
+def test_two_workers_reproduce_the_single_machine_table_after_a_kill(
+        prefect_server, tmp_path):  # noqa: F811  (the fixture)
     _, server_env = prefect_server
     repos = clones(tmp_path, "lead", "solo", "a", "b")
     deploy = sweep(repos["lead"], server_env, "deploy")
@@ -103,10 +123,10 @@ def test_two_workers_reproduce_the_single_machine_table_after_a_kill(prefect_ser
             "--seeds", "0", "1", "--set", *(f"{k}={v}" for k, v in SETS.items())]
     run = sweep(repos["lead"], server_env, *args)
     try:
-        wait_for(tmp_path / "b.log", "Running stage 'train@", workers["b"], timeout=240)
-        os.killpg(workers["b"].pid, signal.SIGKILL)  # the machine is gone mid-training
-        out, _ = run.communicate(timeout=420)
-        solo_out, _ = solo.communicate(timeout=300)
+        wait_for(tmp_path / "b.log", "Running stage 'train@", workers["b"], timeout=900)
+        kill_machine(repos["b"])  # the worker and its run are gone mid-training
+        out, _ = run.communicate(timeout=1200)
+        solo_out, _ = solo.communicate(timeout=900)
     finally:
         for proc in (run, solo, *workers.values()):
             _stop(proc)
