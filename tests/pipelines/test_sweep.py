@@ -23,10 +23,13 @@ import pytest
 pytest.importorskip("prefect")
 pytest.importorskip("dvc")
 
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.objects import StateType
+
 from pipelines.experiments import regime
 from pipelines.sweep import points, table
 from pipelines.sweep_point import overrides_args
-from tests.pipelines.test_flows import _stop, prefect_server  # noqa: F401  (a fixture)
+from tests.pipelines.test_flows import _stop, client_for, prefect_server  # noqa: F401  (a fixture)
 from tests.tiny import env_for, git, make_tiny_repo
 
 CELL = "w4-lr3e-3"
@@ -147,6 +150,19 @@ def test_two_workers_reproduce_the_single_machine_table_after_a_kill(
                                capture_output=True, text=True).stdout.split()
     assert sorted(on_remote) == sorted(p.name for p in pts)
     assert (repos["lead"] / ".sweep/regime.md").read_text().strip() in out
+    with client_for(server_env) as client:  # what the UI shows: the sweep, its children, table
+        runs = client.read_flow_runs()
+        (parent,) = [r for r in runs if r.name and r.deployment_id is None
+                     and r.parent_task_run_id is None and r.state_type == StateType.COMPLETED]
+        children = [r for r in runs if r.deployment_id is not None]
+        assert {r.name.split(" (run ")[0] for r in children
+                if r.state_type == StateType.COMPLETED} == {p.name for p in pts}
+        assert any(r.state_type == StateType.CRASHED for r in children)
+        tasks = {t.id: t for t in client.read_task_runs()}
+        assert all(tasks[r.parent_task_run_id].flow_run_id == parent.id for r in children)
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["fraqat-sweep-table"])))
+        assert artifact.flow_run_id == parent.id and "4 of 4 points" in str(artifact.data)
 
 
 def test_a_worker_that_cannot_reach_the_remote_fails_in_one_line(tmp_path):
