@@ -110,6 +110,29 @@ def points(grid: str, cells: list[str] | None = None, methods: list[str] | None 
     return out
 
 
+def validate(repo: Path, pts: list[Point]) -> None:
+    """Each point's parameters, set the way ``dvc exp run -S`` sets them on this clone's
+    ``params.yaml`` (in a scratch copy), must pass the params schema: a bad value stops the
+    sweep in one line before any run is submitted."""
+    import shutil
+    import tempfile
+
+    from dvc.utils.hydra import apply_overrides
+
+    from fraqat.errors import FraqatError
+    from fraqat.params import load_params
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp, "params.yaml")
+        for p in pts:
+            shutil.copyfile(repo / "params.yaml", scratch)
+            apply_overrides(str(scratch), [f"{k}={v}" for k, v in p.overrides.items()])
+            try:
+                load_params(scratch)
+            except FraqatError as exc:
+                raise SweepError(f"point {p.name}: {exc}") from None
+
+
 def deploy(pool: str = POOL, name: str = DEPLOYMENT) -> str:
     """Create the ``process`` work pool and its device queues if missing, and (re)register the
     point deployment on it; returns the deployment's name for ``run_deployment``."""
@@ -208,9 +231,15 @@ def table(grid: str, pts: list[Point], show: list[dict], rev: str) -> tuple[pd.D
                                   for e in b.get("experiments") or [] if e.get("name") in cell_of]}
             for b in show if b.get("rev") == rev]
     if GRIDS[grid].split:
-        frame = regime.summarize(regime.runs(show))
+        rows = regime.runs(show)
+        if rows.empty:
+            return rows, "No finished points."
+        frame = regime.summarize(rows)
         return frame, "\n".join([regime.verdict(frame), "", regime.table_markdown(frame)])
-    frame = cell_table(ablation.experiments(show))
+    exps = ablation.experiments(show)
+    if not exps:
+        return pd.DataFrame(), "No finished points."
+    frame = cell_table(exps)
     return frame, cells_markdown(frame)
 
 
@@ -248,6 +277,7 @@ def fraqat_sweep(grid: GridName = "regime", cells: list[str] | None = None,
         raise SweepError(f"commit {rev[:12]} is not on the git remote {git_remote!r}: "
                          "push it before the sweep")
     pts = points(grid, cells, methods, seeds, sets, device)
+    validate(root, pts)
     target = GRIDS[grid].target
 
     def submit(p: Point, attempt: int) -> UUID:
@@ -317,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             worker(args.pool, args.queue, args.git_remote, args.name)
         elif args.cmd == "serve":  # the sweep from the UI: runs here, in this clone
             fraqat_sweep.serve(name="fraqat", parameters={"repo": str(Path.cwd())})
-        elif args.cmd == "run":
+        elif args.cmd == "run":  # bad input: one line before a flow run starts
+            validate(Path.cwd(), points(args.grid, args.cells, args.methods, args.seeds,
+                                        _sets(args.set), args.device))
+            check_remotes(Path.cwd(), args.git_remote)
             print(fraqat_sweep(args.grid, args.cells, args.methods, args.seeds,
                                _sets(args.set), args.device, args.pool,
                                git_remote=args.git_remote, attempts=args.attempts,

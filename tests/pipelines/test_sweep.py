@@ -184,3 +184,15 @@ def test_points_are_named_by_grid_point_and_reuse_the_regime_cells():
     assert {k: first[k] for k in regime.CELLS[CELL]} == regime.CELLS[CELL]
     (cell,) = points("ablation-quick", ["w3-final70"])
     assert cell.name == "w3-final70" and cell.overrides["bits"] == 3  # one experiment a cell
+
+
+def test_a_bad_point_stops_the_sweep_in_one_line_before_any_run(capsys, monkeypatch):
+    from pipelines.sweep import main
+    from tests.tiny import ROOT
+
+    monkeypatch.chdir(ROOT)  # the project's params.yaml, read only
+    assert main(["run", "--cells", CELL, "--methods", "qat", "nope", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: point {CELL}-nope-s0: ") and err.count("\n") == 1
+    assert main(["run", "--cells", "w9"]) == 2
+    assert "unknown cell(s) w9 of grid regime (allowed: " in capsys.readouterr().err
