@@ -44,6 +44,7 @@ from pipelines.sweep_point import (
     ENTRYPOINT,
     PULL_STEPS,
     SweepError,
+    check_clean,
     check_remotes,
     env,
     exp_names,
@@ -307,6 +308,7 @@ def worker(pool: str, queue: str, git_remote: str, name: str | None) -> None:
     remotes answer; the deployment's pull step finds the clone through ``$FRAQAT_CLONE``."""
     root = Path.cwd()
     check_remotes(root, git_remote)
+    check_clean(root)
     os.environ[CLONE_ENV] = str(root)
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
            "--work-queue", queue, "--limit", "1", *(["--name", name] if name else [])]

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 CLONE_ENV = "FRAQAT_CLONE"  # the worker's clone: the deployment's pull step changes into it
 ENTRYPOINT = "pipelines/sweep_point.py:sweep_point"
+RUN_WRITES = ("params.yaml", "dvc.lock")  # with reports/ and .gitignore files: what a run edits
 PULL_STEPS = [{"prefect.deployments.steps.set_working_directory": {
     "directory": "{{ $" + CLONE_ENV + " }}"}}]
 
@@ -85,9 +86,22 @@ def exp_names(repo: Path, git_remote: str | None, rev: str) -> set[str]:
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
+def check_clean(repo: Path) -> None:
+    """Refuse a clone with edits an experiment does not make (sources, ``dvc.yaml``...): a
+    point resets tracked files, which must never cost anyone's work."""
+    status = sh(repo, "git", "status", "--porcelain", "--untracked-files=no")
+    edits = [line[3:] for line in status.splitlines()
+             if line[3:] not in RUN_WRITES and not line[3:].startswith("reports/")
+             and Path(line[3:]).name != ".gitignore"]
+    if edits:
+        raise SweepError(f"{repo} has uncommitted changes ({', '.join(edits[:3])}): a worker "
+                         "resets tracked files to each sweep's commit; give it a clone of its own")
+
+
 def checkout(repo: Path, git_remote: str, rev: str) -> None:
     """Reset the clone's tracked files to ``rev`` (fetched from ``git_remote``): each point
     starts from the sweep's commit, not from the previous point's parameters."""
+    check_clean(repo)
     if sh(repo, "git", "rev-parse", "HEAD").strip() != rev:
         sh(repo, "git", "fetch", "-q", git_remote, what=f"git fetch {git_remote}")
         if subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=repo).returncode:

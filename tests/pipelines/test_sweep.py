@@ -166,6 +166,8 @@ def test_two_workers_reproduce_the_single_machine_table_after_a_kill(
 
 
 def test_a_worker_that_cannot_reach_the_remote_fails_in_one_line(tmp_path):
+    """A worker stops in one line when a remote does not answer, or when its clone holds
+    edits that a point's reset would lose."""
     repo = clones(tmp_path, "a")["a"]
     git(repo, "remote", "set-url", "origin", str(tmp_path / "gone.git"))
     proc = subprocess.run([sys.executable, "-m", "pipelines.sweep", "worker"], cwd=repo,
@@ -173,6 +175,14 @@ def test_a_worker_that_cannot_reach_the_remote_fails_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: cannot reach the git remote 'origin'")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+    git(repo, "remote", "set-url", "origin", str(tmp_path / "origin.git"))
+    with (repo / "fraqat/io.py").open("a") as f:
+        f.write("# an edit a point's reset would lose\n")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.sweep", "worker"], cwd=repo,
+                          env=env_for(repo), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {repo} has uncommitted changes (fraqat/io.py)")
 
 
 def test_points_are_named_by_grid_point_and_reuse_the_regime_cells():
