@@ -269,6 +269,22 @@ def fraqat_sweep(grid: GridName = "regime", cells: list[str] | None = None,
     (``-S`` overrides) on the workers of ``pool``'s ``device`` queue; collect the table.
 
     The points run on this clone's commit, which must be on ``git_remote``.
+
+    Args:
+        grid: whose cells: the regime map's or the schedule ablation's
+        cells: a subset of the grid's cells (default: all)
+        methods: the methods of every cell (default: the grid's)
+        seeds: the seeds of every cell (default: the grid's)
+        sets: more ``dvc exp run -S`` overrides for every point, e.g. train.steps: 800
+        device: the pool's queue whose workers run the points; also sets -S device=
+        pool: the Prefect work pool of type process
+        deployment: the point deployment's name (python -m pipelines.sweep deploy)
+        git_remote: where the experiments' refs meet (the DVC remote holds their data)
+        attempts: runs a point may take (a crashed worker, a failure) before it is given up
+        repo: this clone, where the table is collected
+        out: the folder for the table, inside ``repo``
+        poll_s: seconds between looks at the child runs
+        timeout_s: give up on unfinished points after this long
     """
     root = Path(repo).resolve()
     check_remotes(root, git_remote)
