@@ -53,7 +53,7 @@ def test_backend_selection_without_gpu_is_safe() -> None:
 def test_import_without_triton() -> None:
     """The module imports and reports 'reference' where Triton is missing (CI, this CPU box)."""
     code = ("import sys; sys.modules['triton'] = None\n"
-            "from fraqat import kernels; assert not kernels.triton_available()\n"
+            "from fraqat.quant import kernels; assert not kernels.triton_available()\n"
             "assert kernels.current_backend() == 'reference'")
     env = {k: v for k, v in os.environ.items() if k != "FRAQAT_FUSED"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
