@@ -43,6 +43,7 @@ from pipelines.sweep_point import (
     CLONE_ENV,
     ENTRYPOINT,
     PULL_STEPS,
+    WORKER_LABEL,
     SweepError,
     check_clean,
     check_remotes,
@@ -165,7 +166,8 @@ def deploy(pool: str = POOL, name: str = DEPLOYMENT) -> str:
 
 def _silent(run: FlowRun, workers: dict) -> str | None:
     """Why ``run``'s worker is gone (offline, or no heartbeat for 3 intervals), else None."""
-    name = (run.labels or {}).get("prefect.worker.name")
+    labels = run.labels or {}
+    name = labels.get(WORKER_LABEL) or labels.get("prefect.worker.name")
     if not name or run.state_type not in (StateType.PENDING, StateType.RUNNING):
         return None
     worker = workers.get(name)

@@ -17,12 +17,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 CLONE_ENV = "FRAQAT_CLONE"  # the worker's clone: the deployment's pull step changes into it
 ENTRYPOINT = "pipelines/sweep_point.py:sweep_point"
+WORKER_LABEL = "fraqat.worker"  # set by the run itself: the worker that really runs it
 RUN_WRITES = ("params.yaml", "dvc.lock")  # with reports/ and .gitignore files: what a run edits
 PULL_STEPS = [{"prefect.deployments.steps.set_working_directory": {
     "directory": "{{ $" + CLONE_ENV + " }}"}}]
@@ -136,12 +138,25 @@ def run_experiment(repo: str, name: str, overrides: dict[str, object],
         raise SweepError(f"dvc exp run {name} exited with {proc.returncode}: {cause[0]}")
 
 
+def label_worker() -> None:
+    """Label this run with the worker whose process runs it (Prefect's own worker label is
+    set before the workers' race for a run is decided, so it may name the loser)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    worker = os.environ.get("PREFECT__WORKER_NAME")
+    if worker and flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run_labels(UUID(flow_run.id), {WORKER_LABEL: worker})
+
+
 @flow(name="fraqat-sweep-point", flow_run_name="{name}", log_prints=True)
 def sweep_point(name: str, overrides: dict[str, object], rev: str, git_remote: str = "origin",
                 target: str | None = None) -> str:
     """Run grid point ``name`` (``dvc exp run -S`` ``overrides`` on commit ``rev``, stopped at
     ``target``) in this worker's clone and push it; returns what happened to it."""
     repo = Path.cwd()
+    label_worker()
     dvc_remote = check_remotes(repo, git_remote)
     if name in exp_names(repo, git_remote, rev):
         return f"{name}: already on {git_remote}"

@@ -158,6 +158,7 @@ def test_two_workers_reproduce_the_single_machine_table_after_a_kill(
         assert {r.name.split(" (run ")[0] for r in children
                 if r.state_type == StateType.COMPLETED} == {p.name for p in pts}
         assert any(r.state_type == StateType.CRASHED for r in children)
+        assert {r.labels.get("fraqat.worker") for r in children} == {"a", "b"}
         tasks = {t.id: t for t in client.read_task_runs()}
         assert all(tasks[r.parent_task_run_id].flow_run_id == parent.id for r in children)
         (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
