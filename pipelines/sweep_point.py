@@ -70,6 +70,7 @@ def check_remotes(repo: Path, git_remote: str) -> str:
         name = dvc.config["core"].get("remote")
         if not name:
             raise SweepError(f"no default DVC remote in {repo} (dvc remote add -d NAME URL)")
+        pin_local_remote(dvc, str(name))
         try:
             remote = dvc.cloud.get_remote(name)
             remote.fs.makedirs(remote.path, exist_ok=True)  # a local folder: made on first use
@@ -79,6 +80,17 @@ def check_remotes(repo: Path, git_remote: str) -> str:
             raise SweepError(f"cannot reach the DVC remote {name!r} from {repo}: "
                              f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     return str(name)
+
+
+def pin_local_remote(dvc, name: str) -> None:
+    """Write a local-folder remote's absolute path into ``.dvc/config.local``: DVC resolves a
+    relative path against ``/`` when it reads a commit's config (``dvc exp push``, ``dvc push
+    -a``), which would send the data to ``/fraqat-dvc-remote``."""
+    url = str(dvc.config["remote"].get(name, {}).get("url", ""))
+    local = dvc.config.load_one("local").get("remote", {}).get(name, {})
+    if url and "://" not in url and os.path.isabs(url) and "url" not in local:
+        with dvc.config.edit("local") as conf:
+            conf.setdefault("remote", {}).setdefault(name, {})["url"] = url
 
 
 def exp_names(repo: Path, git_remote: str | None, rev: str) -> set[str]:
