@@ -248,8 +248,8 @@ def table(grid: str, pts: list[Point], show: list[dict], rev: str) -> tuple[pd.D
 
 def collect(repo: Path, grid: str, pts: list[Point], names: list[str], rev: str,
             git_remote: str, out: Path) -> str:
-    """Pull the finished points' experiments (refs and metrics; ``dvc exp apply`` + ``dvc
-    pull`` fetch their data) and write the table to ``out``; returns its markdown."""
+    """Pull the finished points' experiments (refs and metrics; ``dvc exp pull REMOTE NAME``
+    then ``dvc exp apply NAME`` brings one's data) and write the table to ``out``."""
     if names:
         sh(repo, "dvc", "exp", "pull", "--no-cache", "--force", git_remote, *names,
            what=f"dvc exp pull {git_remote}")
