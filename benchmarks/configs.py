@@ -32,3 +32,7 @@ DC_AE_SANA = dict(in_channels=3, latent_channels=32,
                   decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
                   downsample_block_type="conv", upsample_block_type="interpolate",
                   decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+
+# One transformer call of the Sana-600M pipeline at 1024 px with classifier-free guidance:
+# batch 2 (conditional + unconditional) of 32x32x32 DC-AE latents, 300 Gemma-2 caption tokens
+SANA_600M_CALL = dict(batch=2, latent=(32, 32, 32), tokens=300, timestep=500.0)

@@ -21,6 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from pipelines.experiments.grid import CHANNEL, FINAL70, parse_sets
+
 VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
     "default": [
         ("ptq", "ptq", {}),
@@ -28,7 +30,7 @@ VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
         ("fraqat-equal", "fraqat", {}),
         ("int-progressive", "int-progressive", {}),
         ("fraqat-final50", "fraqat", {"schedule.final_fraction": 0.5}),
-        ("fraqat-final70", "fraqat", {"schedule.final_fraction": 0.7}),
+        ("fraqat-final70", "fraqat", FINAL70),
         ("fraqat-step0.25-final50", "fraqat", {"schedule.step": 0.25,
                                                "schedule.final_fraction": 0.5}),
         ("continuous-final30", "fraqat", {"schedule.fraqat_kind": "continuous",
@@ -39,8 +41,8 @@ VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
         ("qat-warmup", "qat", {"train.warmup_steps": 30}),
         ("fraqat-warmup", "fraqat", {"train.warmup_steps": 30}),
         ("qat-control-1/9-steps", "qat", {"train.steps": 67}),
-        ("qat-channel", "qat", {"quant.granularity": "channel"}),
-        ("fraqat-channel", "fraqat", {"quant.granularity": "channel"}),
+        ("qat-channel", "qat", CHANNEL),
+        ("fraqat-channel", "fraqat", CHANNEL),
     ],
     "science": [
         ("qat", "qat", {}),
@@ -51,45 +53,36 @@ VARIANT_SETS: dict[str, list[tuple[str, str, dict]]] = {
                                               "schedule.final_fraction": 0.5}),
         ("fraqat-final80", "fraqat", {"schedule.final_fraction": 0.8}),
         ("fraqat-final90", "fraqat", {"schedule.final_fraction": 0.9}),
-        ("fraqat-step0.25-final70", "fraqat", {"schedule.step": 0.25,
-                                               "schedule.final_fraction": 0.7}),
+        ("fraqat-step0.25-final70", "fraqat", {"schedule.step": 0.25, **FINAL70}),
         ("continuous-final70", "fraqat", {"schedule.fraqat_kind": "continuous",
-                                          "schedule.final_fraction": 0.7}),
-        ("fraqat-start5-final70", "fraqat", {"schedule.start_bits": 5,
-                                             "schedule.final_fraction": 0.7}),
+                                          **FINAL70}),
+        ("fraqat-start5-final70", "fraqat", {"schedule.start_bits": 5, **FINAL70}),
         ("qat-x0.5", "qat", {"train.steps": 300}),
-        ("fraqat-final70-x0.5", "fraqat", {"train.steps": 300, "schedule.final_fraction": 0.7}),
+        ("fraqat-final70-x0.5", "fraqat", {"train.steps": 300, **FINAL70}),
         ("qat-x2", "qat", {"train.steps": 1200}),
-        ("fraqat-final70-x2", "fraqat", {"train.steps": 1200, "schedule.final_fraction": 0.7}),
-        ("qat-channel", "qat", {"quant.granularity": "channel"}),
-        ("fraqat-channel-final70", "fraqat", {"quant.granularity": "channel",
-                                              "schedule.final_fraction": 0.7}),
+        ("fraqat-final70-x2", "fraqat", {"train.steps": 1200, **FINAL70}),
+        ("qat-channel", "qat", CHANNEL),
+        ("fraqat-channel-final70", "fraqat", {**CHANNEL, **FINAL70}),
         ("qat-w3", "qat", {"bits": 3}),
-        ("fraqat-w3-final70", "fraqat", {"bits": 3, "schedule.final_fraction": 0.7}),
-        ("qat-w3-channel", "qat", {"bits": 3, "quant.granularity": "channel"}),
-        ("fraqat-w3-channel-final70", "fraqat", {"bits": 3, "quant.granularity": "channel",
-                                                 "schedule.final_fraction": 0.7}),
+        ("fraqat-w3-final70", "fraqat", {"bits": 3, **FINAL70}),
+        ("qat-w3-channel", "qat", {"bits": 3, **CHANNEL}),
+        ("fraqat-w3-channel-final70", "fraqat", {"bits": 3, **CHANNEL, **FINAL70}),
     ],
     "confirm-channel": [
-        ("qat-channel", "qat", {"quant.granularity": "channel"}),
-        ("fraqat-channel-final70", "fraqat", {"quant.granularity": "channel",
-                                              "schedule.final_fraction": 0.7}),
-        ("fraqat-channel-final90", "fraqat", {"quant.granularity": "channel",
-                                              "schedule.final_fraction": 0.9}),
-        ("qat-channel-x2", "qat", {"quant.granularity": "channel", "train.steps": 800}),
-        ("fraqat-channel-final70-x2", "fraqat", {"quant.granularity": "channel",
-                                                 "schedule.final_fraction": 0.7,
-                                                 "train.steps": 800}),
+        ("qat-channel", "qat", CHANNEL),
+        ("fraqat-channel-final70", "fraqat", {**CHANNEL, **FINAL70}),
+        ("fraqat-channel-final90", "fraqat", {**CHANNEL, "schedule.final_fraction": 0.9}),
+        ("qat-channel-x2", "qat", {**CHANNEL, "train.steps": 800}),
+        ("fraqat-channel-final70-x2", "fraqat", {**CHANNEL, **FINAL70, "train.steps": 800}),
     ],
     # the model-size axis: run in a project whose teacher is wider/deeper (see SCHEDULES.md)
     "size": [
         ("qat", "qat", {}),
         ("fraqat-equal", "fraqat", {}),
         ("qat-target-steps-equal", "qat-target-steps", {}),
-        ("fraqat-final70", "fraqat", {"schedule.final_fraction": 0.7}),
-        ("qat-channel", "qat", {"quant.granularity": "channel"}),
-        ("fraqat-channel-final70", "fraqat", {"quant.granularity": "channel",
-                                              "schedule.final_fraction": 0.7}),
+        ("fraqat-final70", "fraqat", FINAL70),
+        ("qat-channel", "qat", CHANNEL),
+        ("fraqat-channel-final70", "fraqat", {**CHANNEL, **FINAL70}),
     ],
     "bits3": [
         ("qat-w3", "qat", {"bits": 3}),
@@ -107,14 +100,16 @@ def run_one(job: tuple[str, str, dict, int, dict]) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from fraqat.artifacts import load_tuned_lrs
     from fraqat.params import load_params
-    from fraqat.train.student import train_student
+    from fraqat.train.student import peak_lr, train_student
 
     params = load_params("params.yaml", {**base, **overrides})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         student, result = train_student(params, method, seed, Path(tmp) / "ckpt",
-                                        Path(tmp) / "log.tsv")
+                                        Path(tmp) / "log.tsv",
+                                        lr=peak_lr(params, method, load_tuned_lrs()))
         log_rows = (Path(tmp) / "log.tsv").read_text().splitlines()
     probe = [(int(r.split("\t")[0]), float(r.split("\t")[4])) for r in log_rows[1:]
              if r.split("\t")[4]]
@@ -173,9 +168,10 @@ def main() -> None:
                     help="base override for every run, e.g. -S train.steps=600")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    import yaml
-
-    base = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.base)}
+    try:
+        base = parse_sets(args.base)
+    except ValueError as exc:
+        ap.error(str(exc))
     jobs = [(n, m, o, s, base) for vs in args.set for n, m, o in VARIANT_SETS[vs]
             for s in args.seeds]
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:  # CUDA-safe

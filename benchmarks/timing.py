@@ -2,7 +2,9 @@
 
 Timing follows the device notes (METHOD.md): CUDA events around the region after warm-up,
 several repeats of several calls, the median of each repeat and the spread over repeats (one
-run of the old benchmark moved by 10+ points, so a single median is not a result).
+run of the old benchmark moved by 10+ points, so a single median is not a result). Variants
+that are compared are timed interleaved in one process (:func:`interleaved`): timed one after
+another, a drifting GPU clock once made one W4A8 run 0.82x FP and the next 1.00x.
 """
 
 from __future__ import annotations
@@ -58,6 +60,22 @@ def wall_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 10) -> list[f
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, reps: int,
+                timer: Callable[..., list[float]] = wall_ms) -> dict[str, list[list[float]]]:
+    """Per-round times of every function, timed in alternating rounds (A B C, B C A, ...).
+
+    Clock drift during a benchmark (a GPU warming up or throttling, a neighbour's load) then
+    lands on every variant alike instead of on whichever ran first.
+    """
+    names = list(fns)
+    out: dict[str, list[list[float]]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % max(len(names), 1)
+        for name in names[k:] + names[:k]:
+            out[name].append(timer(fns[name], warmup=1, reps=reps))
+    return out
 
 
 def spread(repeats: list[list[float]]) -> dict:

@@ -1,6 +1,7 @@
-"""Time of ``fraqat train``'s own step (``Trainer.train_step``) on a real-size DiT, FP vs W4A8.
+"""Time of ``fraqat train``'s own step (``Trainer.train_step``) on a real-size DiT, interleaved.
 
-    python -m benchmarks.train_step --json out.json [--model sana|flux] [--modes eager,graph]
+    python -m benchmarks.train_step --json out.json [--model sana|flux]
+        [--runs fp:eager,fp:graph,fp:compile,w4a8:eager,w4a8:graph] [--rounds 8 --steps 5]
 
 The student is diffusers' SanaTransformer2DModel at the Sana-600M configuration (random init;
 or FLUX.1's transformer reduced to 2 double + 4 single blocks) inside the trainer exactly as
@@ -9,9 +10,17 @@ autocast, batch 8 (FLUX: 2). Variants: full precision ("fp"), fraqat W4A8 (fract
 weights through the fused ops, INT8 activations calibrated on one batch) and, where the
 package is installed, torchao's QAT. Modes: "eager" (``train.cuda_graphs: off``), "graph"
 (the default on CUDA: forward + backward replayed from a CUDA graph) and "compile" (the
-transformer under ``torch.compile``, eager runner). Each step is timed on the host from call
-to return with the GPU synchronized (the trainer reads every loss), medians over repeats with
-their spread; peak memory from ``torch.cuda.max_memory_allocated``.
+transformer under ``torch.compile``, eager runner).
+
+Drift-proof: every run is built and warmed up in this one process first, then timed in
+alternating rounds (A B C, B C A, C A B, ... ``--steps`` steps each, the order rotated each
+round), so a GPU that speeds up or slows down during the benchmark moves every run alike.
+Each step is timed on the host from call to return with the GPU synchronized (the trainer
+reads every loss); a run's time is the median over all its steps, its spread the min / max of
+its per-round medians. The FP baseline is the fastest FP run (best of eager / graph /
+compile): the step a user can actually get. Memory: the run's own peak allocation while it was
+built and warmed up (weights, gradients, optimizer states, activations, graph pool), taken
+alone, before the next run is built.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import argparse
 import gc
 import itertools
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -27,7 +37,15 @@ import torch
 from torch import nn
 
 from benchmarks.configs import SANA_600M
-from benchmarks.timing import first_line, meta, spread, sync, wall_ms, write_json
+from benchmarks.timing import (
+    first_line,
+    interleaved,
+    meta,
+    positive,
+    spread,
+    sync,
+    write_json,
+)
 from fraqat.data import PROMPTS
 from fraqat.models.registry import TextToImage
 from fraqat.quant.layers import QuantConfig, quantize_model
@@ -44,6 +62,7 @@ FLUX_TINY = dict(num_layers=1, num_single_layers=1, attention_head_dim=16,
                  axes_dims_rope=(4, 6, 6))
 VARIANTS = ("fp", "w4a8", "torchao")
 MODES = ("eager", "graph", "compile")
+DEFAULT_RUNS = "fp:eager,fp:graph,fp:compile,w4a8:eager,w4a8:graph"
 
 
 class FixedEncoder(nn.Module):
@@ -70,28 +89,28 @@ class FluxStudent(TextToImage):
                                 return_dict=False)[0].reshape(b, tokens, -1)
 
 
-def build(model: str, smoke: bool, device: str) -> tuple[TextToImage, DistillData, int, str]:
+def build(model: str, tiny: bool, device: str) -> tuple[TextToImage, DistillData, int, str]:
     g = torch.Generator().manual_seed(1)
-    n = 16 if smoke else 64
+    n = 16 if tiny else 64
     if model == "sana":
         from diffusers import SanaTransformer2DModel
-        cfg = SANA_TINY if smoke else SANA_600M
-        tokens, side, ch = (8 if smoke else 300), cfg["sample_size"], cfg["in_channels"]
+        cfg = SANA_TINY if tiny else SANA_600M
+        tokens, side, ch = (8 if tiny else 300), cfg["sample_size"], cfg["in_channels"]
         student = TextToImage(SanaTransformer2DModel(**cfg),
                               FixedEncoder(tokens, cfg["caption_channels"]), (ch, side, side))
-        shape, batch = (ch, side, side), 2 if smoke else 8
-        label = (f"Sana-{'tiny' if smoke else '600M'} config, batch {batch}, "
+        shape, batch = (ch, side, side), 2 if tiny else 8
+        label = (f"Sana-{'tiny' if tiny else '600M'} config, batch {batch}, "
                  f"{side}x{side}x{ch} latents, {tokens} caption tokens")
     else:
         from diffusers import FluxTransformer2DModel
-        cfg = FLUX_TINY if smoke else FLUX_REDUCED
-        img, txt = (16, 8) if smoke else (4096, 512)
+        cfg = FLUX_TINY if tiny else FLUX_REDUCED
+        img, txt = (16, 8) if tiny else (4096, 512)
         joint = cfg.get("joint_attention_dim", 4096)
         student = FluxStudent(FluxTransformer2DModel(**cfg), FixedEncoder(txt, joint), (img, 64))
         student.pooled = cfg.get("pooled_projection_dim", 768)
         student.img_ids = torch.randn(img, 3, generator=g).to(device)
         student.txt_ids = torch.zeros(txt, 3, device=device)
-        shape, batch = (img, 64), 1 if smoke else 2
+        shape, batch = (img, 64), 1 if tiny else 2
         label = (f"FLUX.1 reduced to {cfg['num_layers']} double + {cfg['num_single_layers']} "
                  f"single blocks, batch {batch}, {img} image + {txt} text tokens")
     data = DistillData(torch.randn(n, *shape, generator=g), torch.rand(n, generator=g),
@@ -102,7 +121,7 @@ def build(model: str, smoke: bool, device: str) -> tuple[TextToImage, DistillDat
 
 def make_trainer(args, variant: str, mode: str, tmp: Path) -> tuple[Trainer, str]:
     torch.manual_seed(0)
-    student, data, batch, label = build(args.model, args.smoke, args.device)
+    student, data, batch, label = build(args.model, args.tiny, args.device)
     if variant == "w4a8":
         quantize_model(student.transformer, QuantConfig(weight_bits=args.bits, act_bits=8.0,
                                                         granularity=args.granularity))
@@ -124,125 +143,122 @@ def make_trainer(args, variant: str, mode: str, tmp: Path) -> tuple[Trainer, str
     return trainer, label
 
 
-def bench(args, variant: str, mode: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer, label = make_trainer(args, variant, mode, Path(tmp))
-        steps = itertools.count()
+class Run:
+    """One (variant, mode) trainer, built and warmed up, ready for timed rounds."""
 
-        def fn() -> None:
-            trainer.train_step(next(steps))
-
-        for _ in range(args.warmup):  # compile, capture, Triton JIT, cuBLAS handles
-            fn()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        repeats = [wall_ms(fn, warmup=1, reps=args.steps) for _ in range(args.repeats)]
+    def __init__(self, args, variant: str, mode: str, tmp: Path):
+        self.variant, self.mode = variant, mode
         cuda = torch.cuda.is_available()
-        peak = torch.cuda.max_memory_allocated() / GIB if cuda else 0.0
-        row = {"variant": variant, "mode": mode, "label": label, **spread(repeats),
-               "peak_gib": peak, "params_m": sum(p.numel() for p in trainer.params) / 1e6,
-               # a graph's activations live in its pool: reserved, not allocated, memory
-               "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else 0.0}
-        if args.profile and mode in args.profile_modes.split(","):
-            row["profile"] = profile(fn, args.profile, f"{args.model} {variant} {mode}")
-        trainer.runner.release()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    return row
-
-
-def profile(fn, path: Path, title: str, n: int = 3) -> dict:
-    """GPU kernel time vs host wall time of ``n`` steps; top kernels appended to ``path``."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    sync()
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() if cuda else 0
+        start = time.perf_counter()
+        self.trainer, self.label = make_trainer(args, variant, mode, tmp)
+        self.steps = itertools.count()
+        for _ in range(args.warmup):  # compile, capture, Triton JIT, cuBLAS handles
+            self.step()
         sync()
-    events = prof.key_averages()
-    kernels = [e for e in events if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
-    gpu_ms = sum(e.self_device_time_total for e in kernels) / n / 1e3  # not the annotations
-    quant = sum(e.self_device_time_total for e in kernels if e.key.endswith("_kernel")
-                and e.key.startswith(("_group", "_tensor", "_masked")))
-    launches = sum(e.count for e in kernels) / n
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(f"\n=== {title}: {gpu_ms:.1f} ms GPU kernel time per step, "
-                f"{launches:.0f} kernels per step ===\n")
-        f.write(events.table(sort_by="self_device_time_total", row_limit=20))
-    return {"gpu_ms_per_step": gpu_ms, "fake_quant_ms_per_step": quant / n / 1e3,
-            "kernels_per_step": launches}
+        self.build_s = time.perf_counter() - start
+        self.peak_gib = (torch.cuda.max_memory_allocated() - before) / GIB if cuda else 0.0
+        self.rounds: list[list[float]] = []
+
+    def step(self) -> None:
+        self.trainer.train_step(next(self.steps))
+
+    def row(self) -> dict:
+        return {"variant": self.variant, "mode": self.mode, **spread(self.rounds),
+                "peak_gib": self.peak_gib, "build_s": self.build_s,
+                "params_m": sum(p.numel() for p in self.trainer.params) / 1e6}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """``x_fastest_fp``: against the fastest FP run; ``x_fp``: against FP in the same mode."""
+    fp = {r["mode"]: r for r in rows if r["variant"] == "fp" and "median" in r}
+    if not fp:
+        return
+    fastest = min(fp.values(), key=lambda r: r["median"])
+    for r in rows:
+        if "median" not in r:
+            continue
+        r["x_fastest_fp"] = r["median"] / fastest["median"]
+        r["fastest_fp"] = f"fp:{fastest['mode']}"
+        if r["mode"] in fp:
+            r["x_fp"] = r["median"] / fp[r["mode"]]["median"]
+        r["x_fastest_fp_mem"] = r["peak_gib"] / fastest["peak_gib"] if fastest["peak_gib"] else 0.0
 
 
 def table(res: dict) -> str:
     m = res["meta"]
     lines = [f"{m['device']} | torch {m['torch']} | triton {m['triton']} | diffusers "
              f"{m['diffusers']} | {m['date']}", res.get("label", ""),
-             f"{'variant':9}{'mode':9}{'ms/step':>9}{'spread':>15}{'x FP':>7}{'reserved':>10}"
-             f"{'x FP':>7}{'GPU ms':>8}{'kernels':>9}"]
+             f"{'variant':9}{'mode':9}{'ms/step':>9}{'spread':>15}{'x fastest FP':>13}"
+             f"{'x FP mode':>10}{'peak GiB':>9}{'x FP mem':>9}{'build s':>8}"]
+    nan = float("nan")
     for r in res["rows"]:
         if "skipped" in r:
             lines.append(f"{r['variant']:9}{r['mode']:9}skipped: {r['skipped']}")
             continue
-        p = r.get("profile", {})
         lo_hi = f"[{r['lo']:.1f}-{r['hi']:.1f}]"
-        lines.append(f"{r['variant']:9}{r['mode']:9}{r['median']:9.1f}"
-                     f"{lo_hi:>15}{r.get('x_fp', float('nan')):7.2f}"
-                     f"{r['peak_reserved_gib']:10.1f}{r.get('x_fp_mem', float('nan')):7.2f}"
-                     f"{p.get('gpu_ms_per_step', float('nan')):8.1f}"
-                     f"{p.get('kernels_per_step', float('nan')):9.0f}")
+        lines.append(f"{r['variant']:9}{r['mode']:9}{r['median']:9.1f}{lo_hi:>15}"
+                     f"{r.get('x_fastest_fp', nan):13.3f}{r.get('x_fp', nan):10.3f}"
+                     f"{r['peak_gib']:9.1f}{r.get('x_fastest_fp_mem', nan):9.2f}"
+                     f"{r['build_s']:8.1f}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["sana", "flux"], default="sana")
-    p.add_argument("--variants", default="fp,w4a8")
-    p.add_argument("--modes", default="eager,graph,compile")
+    p.add_argument("--runs", default=DEFAULT_RUNS, help="variant:mode,... timed interleaved")
     p.add_argument("--bits", type=float, default=4.0)
     p.add_argument("--granularity", choices=["tensor", "channel", "group"], default="tensor")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=positive, default=8)
+    p.add_argument("--steps", type=positive, default=5, help="timed steps per run per round")
+    p.add_argument("--warmup", type=positive, default=3)
     p.add_argument("--json", type=Path)
-    p.add_argument("--profile", type=Path, help="append torch.profiler tables here")
-    p.add_argument("--profile-modes", default="eager,graph")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes on any device")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes on any device")
     args = p.parse_args(argv)
-    bad = [v for v in args.variants.split(",") if v not in VARIANTS] + [
-        m for m in args.modes.split(",") if m not in MODES]
+    runs = [(v, m) for v, _, m in (item.partition(":") for item in args.runs.split(","))]
+    bad = [f"{v}:{m}" for v, m in runs if v not in VARIANTS or m not in MODES]
     if bad:
-        p.error(f"{bad} not allowed (allowed variants: {', '.join(VARIANTS)}; "
-                f"modes: {', '.join(MODES)})")
-    if not torch.cuda.is_available() and not args.smoke:
-        p.error("no CUDA device (allowed without one: --smoke)")
+        p.error(f"--runs {','.join(bad)} not allowed (allowed: variant:mode with variants "
+                f"{', '.join(VARIANTS)} and modes {', '.join(MODES)})")
+    if not torch.cuda.is_available() and not args.tiny:
+        p.error("no CUDA device (allowed without one: --tiny)")
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    res: dict = {"meta": meta(), "model": args.model, "rows": []}
-    for mode in args.modes.split(","):
-        for variant in args.variants.split(","):
+    res: dict = {"meta": meta(), "model": args.model, "rounds": args.rounds,
+                 "steps_per_round": args.steps, "rows": []}
+    built: list[Run] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (variant, mode) in enumerate(runs):
             if mode == "graph" and args.device != "cuda":
+                res["rows"].append({"variant": variant, "mode": mode, "skipped": "needs CUDA"})
                 continue
             try:
-                row = bench(args, variant, mode)
-                res["label"] = row.pop("label")
+                run = Run(args, variant, mode, Path(tmp) / str(i))
+                res["label"] = run.label
+                built.append(run)
+                print(f"built {variant}:{mode} in {run.build_s:.1f} s, "
+                      f"peak {run.peak_gib:.1f} GiB", flush=True)
             except ImportError as err:
-                row = {"variant": variant, "mode": mode, "skipped": f"missing {err.name}"}
-            except Exception as err:  # one broken mode must not hide the others' numbers
+                res["rows"].append({"variant": variant, "mode": mode,
+                                    "skipped": f"missing {err.name}"})
+            except Exception as err:  # one broken run must not hide the others' numbers
                 traceback.print_exc()
-                row = {"variant": variant, "mode": mode, "skipped": first_line(err)}
-            res["rows"].append(row)
-            fp = next((r for r in res["rows"] if r["variant"] == "fp" and r["mode"] == mode
-                       and "median" in r), None)
-            if fp and "median" in row:
-                row["x_fp"] = row["median"] / fp["median"]
-                row["x_fp_mem"] = (row["peak_reserved_gib"] / fp["peak_reserved_gib"]
-                                   if fp["peak_reserved_gib"] else 0.0)
-            print(table(res).splitlines()[-1], flush=True)
-            write_json(args.json, res)
+                res["rows"].append({"variant": variant, "mode": mode,
+                                    "skipped": first_line(err)})
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        times = interleaved({f"{r.variant}:{r.mode}": r.step for r in built}, args.rounds,
+                            args.steps)
+        for run in built:
+            run.rounds = times[f"{run.variant}:{run.mode}"]
+        res["rows"] = [r.row() for r in built] + res["rows"]
+        add_ratios(res["rows"])
+        for run in built:
+            run.trainer.runner.release()
+    write_json(args.json, res)
     print(table(res))
     return 0
 

@@ -10,7 +10,8 @@ import importlib
 
 _EXPORTS = {"QuantConfig": "quant.layers", "quantize_model": "quant.layers",
             "set_weight_bits": "quant.layers",
-            "fake_quantize": "quant.ops", "make_schedule": "schedule"}
+            "fake_quantize": "quant.ops", "load_converted": "quant.converted",
+            "make_schedule": "schedule"}
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from fraqat.errors import FraqatError
+from fraqat.methods import NAMES, RUN_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="FraQAT: progressive fractional-bit QAT for diffusion transformers.")
@@ -88,13 +89,10 @@ def teacher(params: Path = ParamsOpt) -> None:
 
 
 @app.command()
-def train(method: str = typer.Option(..., help="ptq | qat | qat-warmup | fraqat | fraqat-late | "
-                                                   "int-progressive | qat-target-steps"),
+def train(method: str = typer.Option(..., help=" | ".join(RUN_NAMES)),
           seed: int = typer.Option(0, min=0), params: Path = ParamsOpt) -> None:
     """Quantization-aware training of one (method, seed) run, resumable."""
-    from fraqat.params import TRAINED_METHODS
-
-    _run_stage("train", params, method=_check_method(method, TRAINED_METHODS), seed=seed)
+    _run_stage("train", params, method=_check_method(method, RUN_NAMES), seed=seed)
 
 
 @app.command()
@@ -110,18 +108,22 @@ def classifier(params: Path = ParamsOpt) -> None:
 
 
 @app.command()
-def evaluate(method: str = typer.Option(..., help="fp | ptq | qat | fraqat | int-progressive"),
+def evaluate(method: str = typer.Option(..., help=" | ".join(NAMES)),
              seed: int = typer.Option(0, min=0), params: Path = ParamsOpt) -> None:
     """Sample fixed prompts/noise and score FID, prompt accuracy and teacher fidelity."""
-    from fraqat.params import METHODS
-
-    _run_stage("evaluate", params, method=_check_method(method, METHODS), seed=seed)
+    _run_stage("evaluate", params, method=_check_method(method, NAMES), seed=seed)
 
 
 @app.command()
 def report(params: Path = ParamsOpt) -> None:
     """Write reports/comparison.{md,csv}, metrics.json and the plots."""
     _run_stage("report", params)
+
+
+@app.command()
+def convert(params: Path = ParamsOpt) -> None:
+    """Convert the exported run to a real W4A8 model: packed INT4 codes + scales + INT8 acts."""
+    _run_stage("convert", params)
 
 
 @app.command()

@@ -1,4 +1,8 @@
-"""Atomic file writes: a stage either leaves a complete output or none (never a partial one)."""
+"""Atomic file writes: a stage either leaves a complete output or none (never a partial one).
+
+The read side (``load_tensors``, ``read_json``, ``read_metadata``) is :mod:`fraqat.checked`'s,
+re-exported here: a bad file is one line there.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from fraqat.checked import load_tensors, read_json, read_metadata, shard_name
+
+__all__ = ["atomic_path", "load_tensors", "read_json", "read_metadata", "save_tensors",
+           "write_json", "write_text"]
 
 
 @contextmanager
@@ -47,10 +56,6 @@ def write_json(path: str | Path, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 SHARD_BYTES = 2 * 2**30  # larger tensor files are written as row shards
 
 
@@ -73,26 +78,4 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
         pieces = {name: (v.tensor_split(k) if v.dim() else (v,)) for name, v in cpu.items()}
         for i in range(k):
             shard = {name: p[i].contiguous() for name, p in pieces.items() if i < len(p)}
-            save_file(shard, str(tmp / f"shard-{i:05d}-of-{k:05d}.safetensors"),
-                      metadata=metadata)
-
-
-def _shards(path: Path) -> list[Path]:
-    return sorted(path.glob("shard-*-of-*.safetensors")) if path.is_dir() else [path]
-
-
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """What :func:`save_tensors` wrote, a file or a folder of row shards (concatenated)."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for shard in _shards(Path(path)):
-        for name, t in load_file(str(shard)).items():
-            parts.setdefault(name, []).append(t)
-    return {name: p[0] if len(p) == 1 else torch.cat(p) for name, p in parts.items()}
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata :func:`save_tensors` stored (the first shard's, where sharded)."""
-    from safetensors import safe_open
-
-    with safe_open(str(_shards(Path(path))[0]), "pt") as f:
-        return f.metadata() or {}
+            save_file(shard, str(tmp / shard_name(i, k)), metadata=metadata)

@@ -5,6 +5,7 @@ A bad file stops with exit code 2 and one line ``params.yaml: <key>: <problem> (
 
 from __future__ import annotations
 
+import copy
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,11 +14,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fraqat import methods as method_registry
 from fraqat.errors import ParamsError
 
-METHODS = ("fp", "ptq", "qat", "qat-warmup", "fraqat", "fraqat-late", "int-progressive",
-           "qat-target-steps")
-TRAINED_METHODS = METHODS[1:]
+METHODS = method_registry.NAMES  # fraqat.methods: every method, in its order
+TRAINED_METHODS = method_registry.RUN_NAMES  # those with a run (ptq: zero steps)
+FRACTIONAL = method_registry.in_group("fractional")  # what a control may mirror
 MODELS = ("tiny-sana", "sana-600m", "sana-1.6b", "pixart-sigma", "sd3.5-medium", "flux-schnell")
 Bits = typing.Annotated[float, Field(ge=2, le=16)]
 
@@ -39,7 +41,7 @@ class PretrainParams(_Strict):
     layers: int = Field(2, ge=1, le=64)
     heads: int = Field(2, ge=1, le=64)
     patch_size: Literal[1, 2, 4] = 2  # 4: 49 tokens per 28x28 mnist image
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(2000, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(128, ge=1)
     seed: int = Field(0, ge=0)
@@ -81,11 +83,11 @@ class ScheduleParams(_Strict):
     final_fraction: float | None = Field(None, gt=0, le=1)
     fraqat_kind: Literal["fraqat", "continuous"] = "fraqat"
     late_final_fraction: float = Field(0.7, gt=0, le=1)  # fraqat-late's share at the target
-    control_of: Literal["fraqat", "fraqat-late"] = "fraqat-late"  # what the controls mirror
+    control_of: Literal[FRACTIONAL] = "fraqat-late"  # type: ignore[valid-type]
 
 
 class TrainParams(_Strict):
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(400, ge=1)
     lr: float = Field(1e-4, gt=0, le=1)
     batch_size: int = Field(64, ge=1)
     checkpoint_every: int = Field(200, ge=1)
@@ -104,7 +106,7 @@ class TuneParams(_Strict):
     """Per-method learning rate, chosen on the validation split (``lr_grid: []``: train.lr)."""
 
     lr_grid: list[typing.Annotated[float, Field(gt=0, le=1)]] = [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
-    steps: int | None = Field(None, ge=1)  # null: train.steps (the same budget)
+    steps: int | None = Field(200, ge=1)  # null: train.steps (the same budget)
     seed: int = Field(0, ge=0)
 
 
@@ -122,7 +124,7 @@ class EvalParams(_Strict):
 
 
 class ExportParams(_Strict):
-    method: Literal["fraqat", "qat", "int-progressive", "ptq"] = "fraqat"
+    method: Literal[TRAINED_METHODS] = "fraqat"  # type: ignore[valid-type]
     opset: int = Field(21, ge=13, le=23)
     weight_dtype: Literal["int4", "int8"] = "int4"
     num_check_samples: int = Field(16, ge=1)
@@ -244,11 +246,18 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"params.yaml: not valid YAML ({exc.__class__.__name__})") from None
-    for key, value in (overrides or {}).items():
-        node = raw
+    return parse_params(with_overrides(raw, overrides or {}))
+
+
+def with_overrides(raw: dict, overrides: Mapping[str, Any]) -> dict:
+    """A copy of ``raw`` with dotted ``overrides`` set (as ``dvc exp run -S a.b=v`` does);
+    missing parents become mappings."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node = out
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return parse_params(raw)
+    return out
 

@@ -20,11 +20,13 @@ RUNS = DATA / "runs"                              # one folder per trained (meth
 CHECKPOINTS = DATA / "checkpoints"                # resumable training state, not a DVC output
 SAMPLES = DATA / "samples"
 EXPORT = DATA / "export"                          # model.onnx, model.encodings, manifest.json
+CONVERTED = DATA / "converted"                    # the packed W4A8 transformer (load_converted)
 
 TRAIN_REPORTS = REPORTS / "train"
 EVAL_REPORTS = REPORTS / "eval"
 PLOTS = REPORTS / "plots"
 EXPORT_REPORT = REPORTS / "export.json"
+CONVERT_REPORT = REPORTS / "convert.json"         # bytes of the run vs the converted model
 TUNE = REPORTS / "tune.json"                      # the lr grid, validation losses, chosen lr
 TEACHER_REPORT = REPORTS / "teacher.json"         # weight abs-max/std, kurtosis (outliers)
 COMPARISON_MD = REPORTS / "comparison.md"

@@ -41,6 +41,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,7 @@ WORKERS = int(os.environ.get("FRAQAT_FLOW_WORKERS", min(4, os.cpu_count() or 1))
 _slots = threading.BoundedSemaphore(WORKERS)
 FID_PLOT = paths.PLOTS / "fid.png"
 _LOCK_MESSAGES = ("Unable to acquire lock", "is busy, it is being blocked by", "index.lock")
+_ONE_LINE = re.compile(r"(fraqat [\w-]+|params\.yaml): ")  # how the CLI's user errors start
 _OUTCOMES = (("Running stage", "ran"), ("is cached - skipping run", "restored from run-cache"),
              ("didn't change, skipping", "up to date"))
 
@@ -100,11 +102,18 @@ def _stream(cmd: list[str], repo: Path) -> tuple[int, str]:
 
 
 def _fail(what: str, rc: int, out: str) -> StageError:
-    """The error for a failed command: its cause is the line before DVC's ``ERROR:`` line."""
+    """The error for a failed command: its cause is the line before DVC's ``ERROR:`` line.
+
+    Where that line is a stage's own one-line error (bad params, a bad file: what is wrong and
+    what to do), it is the whole message, as the CLI printed it.
+    """
     lines = out.strip().splitlines() or [""]
     end = max((i for i, line in enumerate(lines) if line.startswith("ERROR:")),
               default=len(lines) - 1)
     kind = LockBusy if any(m in out for m in _LOCK_MESSAGES) else StageError
+    cause = lines[end - 1] if end > 0 else ""
+    if _ONE_LINE.match(cause):
+        return kind(cause)
     return kind(f"{what} exited with {rc}: " + " / ".join(lines[max(0, end - 1):end + 1]))
 
 

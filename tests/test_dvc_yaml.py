@@ -36,3 +36,22 @@ def test_stage_is_a_fraqat_command_with_known_params_and_deps(name):
 def test_tiny_profile_is_valid_and_has_the_keys_of_params_yaml():
     load_params(ROOT / "profiles/tiny.yaml")
     assert keys(yaml.safe_load((ROOT / "profiles/tiny.yaml").read_text())) == keys(PARAMS)
+
+
+def test_every_registry_method_becomes_train_and_evaluate_stages(tmp_path):
+    """dvc.yaml's matrices read ``methods`` and ``seeds``: any method the registry has runs
+    through ``dvc exp run -S 'methods=[...]'`` with no edit of dvc.yaml."""
+    import shutil
+    import subprocess
+
+    from fraqat.params import TRAINED_METHODS
+
+    shutil.copyfile(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {**PARAMS, "methods": list(TRAINED_METHODS)}))
+    load_params(tmp_path / "params.yaml")
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True).stdout.split()
+    for method in TRAINED_METHODS:
+        assert {f"train@{method}-0", f"evaluate@{method}-1"} <= set(listed), method

@@ -63,6 +63,26 @@ def test_repo_params_load() -> None:
     assert parse_params(RAW) == params
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_schema_defaults_are_params_yaml() -> None:
+    """An empty params.yaml runs the committed default: no default drifts from the file."""
+    defaults = _leaves(Params().model_dump())
+    committed = _leaves(load_params(ROOT / "params.yaml").model_dump())
+    drift = {k: (defaults[k], committed[k]) for k in committed if defaults[k] != committed[k]
+             or type(defaults[k]) is not type(committed[k])}
+    assert not drift, f"pydantic default vs params.yaml: {drift}"
+    assert Params() == load_params(ROOT / "params.yaml")
+
+
 @pytest.mark.parametrize(("overrides", "key"), BAD, ids=[k for _, k in BAD])
 def test_bad_values_one_line(overrides: dict, key: str) -> None:
     with pytest.raises(ParamsError) as info:
@@ -105,3 +125,17 @@ def test_quant_config_from_params() -> None:
     assert cfg.weight_bits == 4.5 and cfg.act_bits == p.act_bits
     assert cfg.keep_8bit == ["proj_out"] and cfg.granularity == p.quant.granularity
     assert QuantConfig.from_params(p, weight_bits=8).weight_bits == 8
+
+
+def test_quant_config_is_the_bits_plus_the_quant_section() -> None:
+    """The library's own defaults are the schema's: QuantConfig() quantizes as params.yaml."""
+    import dataclasses
+
+    from fraqat.params import QuantParams
+    from fraqat.quant.core import GRANULARITIES
+
+    config = {f.name: getattr(QuantConfig(), f.name) for f in dataclasses.fields(QuantConfig)}
+    bits = {"weight_bits": Params().bits, "act_bits": Params().act_bits}
+    assert config == {**bits, **QuantParams().model_dump()}
+    assert QuantConfig.from_params(Params()) == QuantConfig()
+    assert QuantParams.model_fields["granularity"].annotation.__args__ == GRANULARITIES

@@ -21,7 +21,7 @@ import yaml
 from tests.tiny import env_for, make_tiny_repo
 
 KEY_OUTPUTS = ("reports/comparison.csv", "reports/comparison.md", "reports/metrics.json",
-               "data/export/model.onnx", "reports/export.json")
+               "data/export/model.onnx", "reports/export.json", "reports/convert.json")
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -70,6 +70,8 @@ def test_every_stage_runs_and_writes_its_outputs(tiny):
         for seed in params["seeds"]:
             assert (repo / f"reports/train/{method}-s{seed}.json").exists()
     json.loads((repo / "reports/metrics.json").read_text())
+    convert = json.loads((repo / "reports/convert.json").read_text())
+    assert convert["converted_bytes"] <= 0.3 * convert["run_bytes"], convert
     assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
 
 

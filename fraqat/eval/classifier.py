@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from fraqat.errors import FraqatError
+from fraqat.checked import load_tensors, read_json, reading
 from fraqat.io import atomic_path
 
 
@@ -136,15 +136,13 @@ def save_classifier(folder: str | Path, model: DigitClassifier, meta: dict) -> N
 
 def load_classifier(folder: str | Path) -> DigitClassifier:
     folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise FraqatError(f"no evaluation classifier at {folder} (run `fraqat classifier` "
-                          "or `dvc repro classifier` first)")
-    cfg = json.loads((folder / "config.json").read_text())["config"]
-    state = load_file(str(folder / "model.safetensors"))
+    cfg = read_json(folder / "config.json", ("config",))["config"]
+    state = load_tensors(folder / "model.safetensors", ("trunk.6.weight",))
     linear_in = state["trunk.6.weight"].shape[1]  # c2 * (S/2)^2: the image side S
     side = 2 * round((linear_in / cfg["channels"][1]) ** 0.5)
     model = DigitClassifier(ClassifierConfig(channels=tuple(cfg["channels"]),
                                              feature_dim=cfg["feature_dim"],
                                              num_classes=cfg["num_classes"]), side)
-    model.load_state_dict(state)
+    with reading(folder / "model.safetensors", "classifier weights file"):
+        model.load_state_dict(state)
     return model.eval()

@@ -36,6 +36,7 @@ import torch
 from cleanfid import fid as cfid
 from torch import nn
 
+from fraqat.checked import reading
 from fraqat.errors import FraqatError
 from fraqat.eval.classifier import DigitClassifier, load_classifier
 
@@ -148,11 +149,9 @@ def load_inception(path: str | Path | None) -> nn.Module:
         if path.name != INCEPTION_FILE:
             folder = Path(tmp)
             os.symlink(path, folder / INCEPTION_FILE)
-        try:
+        with reading(path, "clean-fid TorchScript Inception file", "point eval.inception_path "
+                     f"at clean-fid's {INCEPTION_FILE}, or use eval.feature_space=classifier"):
             return InceptionV3W(str(folder), download=False).eval()
-        except Exception as exc:  # a corrupt or foreign file: say which, in one line
-            raise FraqatError(f"eval.inception_path={str(path)!r} is not clean-fid's TorchScript "
-                              f"Inception ({exc.__class__.__name__})") from None
 
 
 def feature_fn(space: str, classifier_dir: str | Path,

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fraqat.checked import from_pretrained, open_image
 from fraqat.errors import FraqatError
 from fraqat.eval.fid import FeatureFn, classifier_features, extract_clean, load_inception
 from fraqat.models.families import Family
+from fraqat.models.folder import reference_images
 from fraqat.models.trajectory import call_options, initial_latents
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def eval_prompts(prompts: Sequence[str], n: int) -> tuple[list[str], torch.Tensor]:
@@ -82,16 +82,9 @@ def load_reference_images(folder: str | Path, resolution: int) -> torch.Tensor:
     """The image files of ``folder`` as (N, 3, R, R) in [-1, 1] (bicubic resize to R)."""
     from PIL import Image
 
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if folder.is_dir() else []
-    if len(files) < 2:
-        raise FraqatError(f"eval.reference_path={str(folder)!r} holds {len(files)} image "
-                          f"files (allowed: a folder of >= 2 {'/'.join(IMAGE_SUFFIXES)} files)")
     out = []
-    for f in files:
-        img = Image.open(f).convert("RGB").resize((resolution, resolution),
-                                                  Image.Resampling.BICUBIC)
+    for f in reference_images(folder):
+        img = open_image(f).resize((resolution, resolution), Image.Resampling.BICUBIC)
         out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
     return torch.stack(out).float() / 127.5 - 1.0
 
@@ -113,12 +106,9 @@ def clip_scorer(path: str | Path):
     if not Path(path).is_dir():
         raise FraqatError(f"eval.clip_path={str(path)!r} is not a folder (allowed: a local "
                           "transformers CLIP model + processor folder, or null)")
-    try:
-        model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
-        processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise FraqatError(f"eval.clip_path={str(path)!r} holds no CLIP model and processor "
-                          f"({exc.__class__.__name__})") from None
+    todo = "point eval.clip_path at a transformers CLIP model + processor folder, or null"
+    model = from_pretrained(CLIPModel, path, todo, local_files_only=True).eval()
+    processor = from_pretrained(CLIPProcessor, path, todo, local_files_only=True)
 
     @torch.no_grad()
     def score(images: torch.Tensor, prompts: Sequence[str], batch_size: int = 32

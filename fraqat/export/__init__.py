@@ -25,7 +25,13 @@ from fraqat.export.encodings import AIMET_VERSION, aimet_encodings
 from fraqat.export.files import check_model, save_model, session
 from fraqat.export.float_graph import strip_qdq
 from fraqat.export.graph import INPUT_NAMES, OUTPUT_NAME, ExportResult, Lowered, export_transformer
-from fraqat.export.specs import OPSET_21, ActSpec, WeightSpec, collect_specs
+from fraqat.export.specs import (
+    OPSET_21,
+    ActSpec,
+    WeightSpec,
+    collect_specs,
+    packed_weight_specs,
+)
 from fraqat.export.verification import (
     Tolerance,
     count_code_mismatches,
@@ -40,5 +46,5 @@ from fraqat.export.verification import (
 __all__ = ["AIMET_VERSION", "INPUT_NAMES", "OPSET_21", "OUTPUT_NAME", "ActSpec", "ExportResult",
            "Lowered", "Tolerance", "WeightSpec", "aimet_encodings", "check_model",
            "collect_specs", "count_code_mismatches", "export_transformer", "onnx_weight_codes",
-           "qdq_counts", "run_onnx", "save_model", "session", "size_report", "strip_qdq",
-           "torch_forward", "verify"]
+           "packed_weight_specs", "qdq_counts", "run_onnx", "save_model", "session",
+           "size_report", "strip_qdq", "torch_forward", "verify"]

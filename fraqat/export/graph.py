@@ -315,13 +315,22 @@ class ExportResult:
 
 
 def export_transformer(transformer: nn.Module, example: dict[str, torch.Tensor],
-                       opset: int = OPSET_21, weight_dtype: str = "int4") -> ExportResult:
-    """Trace, lower to QDQ and check; returns the ONNX model and its AIMET encodings."""
+                       opset: int = OPSET_21, weight_dtype: str = "int4",
+                       weights: dict[str, WeightSpec] | None = None) -> ExportResult:
+    """Trace, lower to QDQ and check; returns the ONNX model and its AIMET encodings.
+
+    ``weights``: the integer weight codes to store (e.g. a converted model's,
+    :func:`~fraqat.export.specs.packed_weight_specs`); by default derived from ``transformer``.
+    """
     check_containers({}, {}, opset, weight_dtype)
     if list(example) != list(INPUT_NAMES):
         raise FraqatError(f"example inputs must be {', '.join(INPUT_NAMES)} in that order")
     transformer = transformer.eval()
-    weights, acts = collect_specs(transformer)
+    derived, acts = collect_specs(transformer)
+    if weights is not None and set(weights) != set(derived):
+        raise FraqatError("the given weight codes are for other layers than the transformer's "
+                          f"({len(weights)} vs {len(derived)}; allowed: the same model's)")
+    weights = derived if weights is None else weights
     check_containers(weights, acts, opset, weight_dtype)  # fail before the slow trace
     model = trace(transformer, example, opset, weights, acts)
     lowered = lower(model, weights, acts, opset, weight_dtype)

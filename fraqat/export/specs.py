@@ -35,6 +35,7 @@ from torch import nn
 from fraqat.errors import FraqatError
 from fraqat.quant.core import integer_codes
 from fraqat.quant.layers import quant_layers
+from fraqat.quant.packed import PackedWeight, packed_layers
 
 OPSET_21 = 21  # INT4/UINT4 tensors and blocked DequantizeLinear
 # A QuantLinear / QuantConv2d: nn.Module and _QuantMixin at once, which mypy cannot spell
@@ -122,6 +123,34 @@ def weight_spec(name: str, layer: QuantLayer) -> WeightSpec | None:
         scale, zp = scale.reshape(()), zp.reshape(())
     return WeightSpec(name, bits, layer.symmetric, codes.numpy(), scale.astype(np.float32),
                       zp.astype(np.int64), axis, block)
+
+
+def packed_weight_spec(name: str, layer: PackedWeight) -> WeightSpec:
+    """The :class:`WeightSpec` of a converted layer, read from its packed codes and scales.
+
+    The same numbers :func:`weight_spec` derives from the fake-quant weight (the conversion
+    checks that the codes reproduce it), taken from the model that is deployed.
+    """
+    spec = layer.spec
+    bits = integer_bits(spec["bits"], f"layer {name} weight")
+    assert bits is not None  # a packed layer always has integer codes
+    shape = tuple(spec["shape"])
+    scale = layer.weight_scale.detach().float().cpu().numpy()
+    zp = (layer.weight_zero_point.cpu().numpy() if not spec["symmetric"]
+          else np.zeros_like(scale, dtype=np.int64))
+    axis, block = _layout(name, spec["granularity"], shape, spec["group_size"])
+    if block is not None:
+        scale, zp = scale.reshape((shape[0], -1) + (1,) * (len(shape) - 2)), zp.reshape(
+            (shape[0], -1) + (1,) * (len(shape) - 2))
+    elif axis is None:
+        scale, zp = scale.reshape(()), zp.reshape(())
+    return WeightSpec(name, bits, spec["symmetric"], layer.codes().cpu().numpy(),
+                      scale.astype(np.float32), zp.astype(np.int64), axis, block)
+
+
+def packed_weight_specs(converted: nn.Module) -> dict[str, WeightSpec]:
+    """:func:`packed_weight_spec` of every packed layer of a converted transformer."""
+    return {name: packed_weight_spec(name, layer) for name, layer in packed_layers(converted)}
 
 
 def _layout(name: str, granularity: str, shape: tuple[int, ...],

@@ -20,6 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from fraqat.checked import (
+    check_component,
+    from_pretrained,
+    open_tensors,
+    read_json,
+    require,
+    require_keys,
+)
 from fraqat.data import prompt_for
 from fraqat.errors import FraqatError
 from fraqat.models.families import Family, family_of_transformer, predict
@@ -68,16 +76,13 @@ def load_transformer(name: str, model_path: str | None = None,
     subfolder: str | None = "transformer"
     if local.is_dir() and (local / "config.json").exists():
         subfolder = None
-    try:
-        return cls.from_pretrained(where, subfolder=subfolder, local_files_only=not allow_download)
-    except (OSError, ValueError) as exc:
-        looked = str(local / "transformer") if subfolder and local.is_dir() else where
-        hint = "" if allow_download else " (offline: local_files_only=True)"
-        raise FraqatError(
-            f"model {name!r}: no {cls.__name__} weights found at {looked!r}{hint}; set model_path "
-            f"in params.yaml to a local copy of {REGISTRY[name].hub_id or 'the model'} "
-            f"(a diffusers folder with transformer/config.json) [{exc.__class__.__name__}]"
-        ) from None
+    offline = "" if allow_download else " (offline: nothing is downloaded)"
+    todo = (f"set model_path in params.yaml to a local copy of "
+            f"{REGISTRY[name].hub_id or 'the model'} for model {name!r}{offline}")
+    if local.is_dir():
+        check_component(local / (subfolder or ""), todo, listed_in=str(local))
+    return from_pretrained(cls, where, todo, subfolder=subfolder,
+                           local_files_only=not allow_download)
 
 
 def tiny_sana_config(width: int = 64, layers: int = 2, heads: int = 2,
@@ -212,12 +217,12 @@ def load_teacher(folder: str | Path) -> TextToImage:
     from diffusers import SanaTransformer2DModel
 
     folder = Path(folder)
-    if not (folder / "fraqat.json").exists():
-        raise FraqatError(f"no teacher at {folder} (run `dvc repro pretrain` first)")
-    info = json.loads((folder / "fraqat.json").read_text())
+    info = read_json(folder / "fraqat.json")
     if "model_path" in info:
         return load_pipeline_teacher(info["model"], info["model_path"])
-    transformer = SanaTransformer2DModel.from_pretrained(folder / "transformer")
+    require_keys(folder / "fraqat.json", info, ("sample_shape",))
+    check_component(folder / "transformer", None, listed_in=str(folder / "fraqat.json"))
+    transformer = from_pretrained(SanaTransformer2DModel, folder / "transformer")
     encoder = PromptEncoder.from_pretrained(folder / "prompt_encoder")
     model = TextToImage(transformer, encoder, tuple(info["sample_shape"]))
     return model.eval()
@@ -237,17 +242,13 @@ def write_pipeline_pointer(folder: str | Path, model: str, model_path: str) -> N
 def load_pipeline_teacher(model: str, model_path: str,
                           calibration: str | Path | None = None) -> TextToImage:
     """A real pipeline's FP transformer with the encoded calibration prompts (no encoders)."""
-    from safetensors import safe_open
-
     from fraqat import paths
 
-    calibration = Path(calibration or paths.CALIBRATION)
-    if not calibration.exists():
-        raise FraqatError(f"no calibration set at {calibration} (run `dvc repro calibrate` "
-                          "first: it encodes the prompts)")
+    calibration = require(calibration or paths.CALIBRATION,
+                          "the calibration set (it holds the encoded prompts)")
     transformer = load_transformer(model, model_path)
     keys = family_of_transformer(transformer).cond_keys
-    with safe_open(str(calibration), "pt") as f:
+    with open_tensors(calibration) as f:
         table = tuple(f.get_tensor(f"cond.{k}") for k in keys)
         shape = tuple(f.get_slice("x_t").get_shape()[1:])
     return TextToImage(transformer, None, shape, prompt_table=table).eval()

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from fraqat.checked import load_weights, read_json
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -56,6 +58,6 @@ class PromptEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> PromptEncoder:
         folder = Path(folder)
-        enc = cls(**json.loads((folder / "config.json").read_text()))
-        enc.load_state_dict(load_file(str(folder / "model.safetensors")))
+        enc = cls(**read_json(folder / "config.json", ("vocab", "dim", "max_len")))
+        load_weights(enc, folder / "model.safetensors")
         return enc

@@ -9,6 +9,8 @@ the LSQ gradient of :func:`fraqat.quant.core.quantize_with_qparams` (through
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -93,3 +95,10 @@ class ActQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, symmetric={self.symmetric}, learn={self.learn}"
+
+
+def quantizer_readers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Modules that quantize their input (fake-quant or converted layers), in module order."""
+    for name, mod in model.named_modules():
+        if isinstance(getattr(mod, "input_quantizer", None), ActQuantizer):
+            yield name, mod

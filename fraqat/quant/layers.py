@@ -63,13 +63,10 @@ class QuantConfig:
     @classmethod
     def from_params(cls, params: Params, weight_bits: float | None = None) -> QuantConfig:
         """The config that validated ``params`` describe (``weight_bits`` defaults to
-        ``params.bits``); field names are those of the ``quant:`` section."""
-        q = params.quant
+        ``params.bits``): the bit-widths plus the ``quant:`` section, field for field (its
+        schema, ``fraqat.params.QuantParams``, is where the section's keys are declared)."""
         return cls(weight_bits=params.bits if weight_bits is None else weight_bits,
-                   act_bits=params.act_bits, granularity=q.granularity, group_size=q.group_size,
-                   symmetric=q.symmetric, act_symmetric=q.act_symmetric,
-                   learn_act_scale=q.learn_act_scale, skip=list(q.skip),
-                   keep_8bit=list(q.keep_8bit))
+                   act_bits=params.act_bits, **params.quant.model_dump())
 
     def to_dict(self) -> dict:
         return asdict(self)

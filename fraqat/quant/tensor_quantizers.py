@@ -55,6 +55,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from fraqat.quant.activations import quantizer_readers
 from fraqat.quant.layers import quant_layers
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,11 @@ def _write_back_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
 
 
 def apply_plan(model: nn.Module, plan: TensorPlan) -> nn.Module:
-    """Tie the quantizers of each group and hook the write-backs (idempotent); returns ``model``."""
-    layers: dict[str, Any] = dict(quant_layers(model))
+    """Tie the quantizers of each group and hook the write-backs (idempotent); returns ``model``.
+
+    Works on fake-quant and converted (packed) layers alike: both read ``input_quantizer``.
+    """
+    layers: dict[str, Any] = dict(quantizer_readers(model))
     for names in plan.groups:
         first = layers[names[0]].input_quantizer
         for name in names[1:]:
@@ -205,7 +209,7 @@ def plan_of(model: nn.Module) -> dict:
     """The sharing the model runs with: groups of layers with one quantizer, write-backs."""
     by_quantizer: dict[int, list[str]] = defaultdict(list)
     write_back = []
-    for name, layer in quant_layers(model):
+    for name, layer in quantizer_readers(model):
         q = layer.input_quantizer
         if not by_quantizer[id(q)] and getattr(q, "write_back", False):
             write_back.append(name)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from fraqat import methods
 from fraqat.report.stats import delta_pct, paired_ttest
 from fraqat.report.tables import fmt, fmt_delta, markdown_table
 
-BASELINE = "qat"
+BASELINE = methods.BASELINE
 SENSITIVE = {"heldout_distill_loss": "held-out loss", "teacher_mse": "teacher MSE"}
-FRACTIONAL = ("fraqat", "fraqat-late", "int-progressive")
-CONTROLS = ("qat-warmup", "qat-target-steps")
+FRACTIONAL = methods.in_group("fractional")
+CONTROLS = methods.in_group("control")
+UNCOMPARED = (BASELINE, *methods.in_group("floor"), *methods.in_group("reference"))
 WIN_PCT = 4.0
 
 
@@ -53,7 +55,7 @@ def comparisons(evals: pd.DataFrame, methods: list[str], control_of: str) -> lis
     """Every trained method vs tuned qat; the controls also vs their fractional source."""
     rows = []
     for method in methods:
-        if method in (BASELINE, "ptq"):
+        if method in UNCOMPARED:
             continue
         for ref in [BASELINE] + ([control_of] if method in CONTROLS else []):
             res = {m: versus(evals, method, ref, m) for m in SENSITIVE}
@@ -134,7 +136,8 @@ def verdict(rows: list[dict], evals: pd.DataFrame, chosen: dict, control_of: str
     for r in rows:
         if r["method"] in CONTROLS and r["ref"] == control_of and r["outcome"] != "-":
             what = ("the implicit-warm-up control (QAT with a warm-up as long as "
-                    f"`{control_of}`'s high-bit stages)" if r["method"] == "qat-warmup" else
+                    f"`{control_of}`'s high-bit stages)"
+                    if methods.get(r["method"]).warmup == "mirrored-high-bits" else
                     f"the target-steps control (QAT on `{control_of}`'s target-bit steps "
                     "only, with the same learning-rate values)")
             base, ns = r["outcome"].split(" ")[0], r["outcome"].endswith("(n.s.)")

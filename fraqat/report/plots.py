@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from fraqat.io import atomic_path
-from fraqat.params import METHODS
+from fraqat.methods import NAMES
 
 
 def _save(fig, path: Path) -> None:
@@ -39,7 +39,7 @@ def plot_fid(table: pd.DataFrame, path: Path, noise: str = "noise") -> None:
 
 def plot_training(logs: dict[tuple[str, int], pd.DataFrame], path: Path) -> None:
     fig, (ax_loss, ax_bits) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    colors = {m: f"C{i}" for i, m in enumerate(NAMES)}
     for (method, seed), df in sorted(logs.items()):
         color = colors.get(method, "k")
         label = method if seed == min(s for m, s in logs if m == method) else None

@@ -1,7 +1,9 @@
 """Stage ``export``: the trained W4A8 transformer as ONNX QDQ + AIMET encodings for Qualcomm HTP.
 
-Reads the run ``export.method`` / ``seeds[0]`` and writes ``data/export/`` (``model.onnx``,
-``model.encodings``, ``manifest.json``) as one atomic directory, and ``reports/export.json``.
+Reads the run ``export.method`` / ``seeds[0]`` (its graph and activation encodings) and its
+converted model ``data/converted`` (the integer weight codes stored), and writes
+``data/export/`` (``model.onnx``, ``model.encodings``, ``manifest.json``) as one atomic
+directory, and ``reports/export.json``.
 The export is verified before it is kept: onnxruntime against the PyTorch fake-quant forward
 on ``export.num_check_samples`` calibration inputs, weight codes compared exactly (see
 :class:`fraqat.export.Tolerance`), and the run must have been trained with the per-tensor
@@ -28,6 +30,7 @@ from fraqat.io import atomic_path, read_json, write_json
 from fraqat.models.families import batched_inputs
 from fraqat.models.registry import TextToImage
 from fraqat.params import Params
+from fraqat.quant.converted import QUANT_CONFIG, load_converted
 from fraqat.quant.tensor_quantizers import plan_of
 from fraqat.train.runs import load_run
 
@@ -78,6 +81,16 @@ def trained_semantics(run_info: dict, transformer: torch.nn.Module) -> list[str]
     return []
 
 
+def converted_of(run_dir: Path) -> torch.nn.Module:
+    """The converted model of ``run_dir`` (its weight codes are what the export stores)."""
+    info = read_json(paths.CONVERTED / QUANT_CONFIG) if (
+        paths.CONVERTED / QUANT_CONFIG).is_file() else {}
+    if info.get("run") != str(run_dir):
+        raise FraqatError(f"{paths.CONVERTED} is not the conversion of {run_dir} (it is of "
+                          f"{info.get('run')}; run `fraqat convert` first)")
+    return load_converted(paths.CONVERTED)
+
+
 def manifest(params: Params, run_info: dict, result: export.ExportResult,
              sizes: dict, files: list[Path], inputs: dict[str, torch.Tensor]) -> dict:
     cfg = run_info.get("config", {})
@@ -109,11 +122,12 @@ def run(params: Params) -> None:
              "(allowed: the sana family and the embedded default)")
         return
     example = {k: v[:EXAMPLE_BATCH] for k, v in inputs.items()}
+    weights = export.packed_weight_specs(converted_of(run_dir))
     start = time.perf_counter()
     with atomic_path(paths.EXPORT) as out:
         out.mkdir()
         result = export.export_transformer(model.transformer, example, e.opset,
-                                               e.weight_dtype)
+                                           e.weight_dtype, weights)
         report = export.verify(result, model.transformer, inputs)
         run_info = read_json(Path(run_dir) / "quant.json")
         report["failures"] += trained_semantics(run_info, model.transformer)

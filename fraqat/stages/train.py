@@ -1,6 +1,7 @@
 """Stage ``train --method M --seed S``: QAT of one run, or PTQ (calibration only).
 
-The methods, their schedules and learning rates are :mod:`fraqat.train.student`'s.
+The method's recipe is :mod:`fraqat.methods`'s; its peak learning rate is the one ``tune``
+chose (``reports/tune.json``, read here and passed down).
 """
 
 from __future__ import annotations
@@ -8,20 +9,22 @@ from __future__ import annotations
 import logging
 
 from fraqat import paths
+from fraqat.artifacts import load_tuned_lrs
 from fraqat.io import write_json
 from fraqat.params import Params
 from fraqat.quant.layers import QuantConfig
 from fraqat.train import distributed
 from fraqat.train.runs import save_run
-from fraqat.train.student import train_student
+from fraqat.train.student import peak_lr, train_student
 
 log = logging.getLogger(__name__)
 
 
 def run(params: Params, method: str, seed: int) -> None:
-    distributed.init_from_env()  # under torchrun: data-parallel over the ranks
+    distributed.init_from_env(params.device)  # under torchrun: data-parallel over the ranks
+    lr = peak_lr(params, method, load_tuned_lrs())
     student, result = train_student(params, method, seed, paths.checkpoint_dir(method, seed),
-                                    paths.train_log(method, seed))
+                                    paths.train_log(method, seed), lr=lr)
     if not distributed.is_main():
         return
     result["world_size"] = distributed.world_size()

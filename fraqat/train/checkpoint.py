@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
-from fraqat.errors import FraqatError
+from fraqat.checked import bad_file, load_torch
+from fraqat.errors import BadFileError
 from fraqat.io import atomic_path
 
 FILENAME = "checkpoint.pt"
+RESTART = "delete it to restart this run from step 0"
 
 
 def fingerprint(config: dict) -> str:
@@ -35,17 +37,12 @@ def load_checkpoint(folder: Path) -> dict | None:
     path = folder / FILENAME
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unpickling/zip error means the file is unusable
-        raise corrupt(path, exc.__class__.__name__) from None
-    return checked(state, path)
+    return checked(load_torch(path, RESTART), path)
 
 
-def corrupt(path: Path, why: str) -> FraqatError:
+def corrupt(path: Path, why: str) -> BadFileError:
     """The one line for an unusable checkpoint (single-file or sharded)."""
-    return FraqatError(f"checkpoint {path} is corrupt ({why}); delete it to restart this run "
-                       "from step 0")
+    return bad_file(path, f"corrupt checkpoint ({why})", RESTART)
 
 
 def checked(state: object, path: Path) -> dict:

@@ -28,13 +28,29 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); no-op otherwise."""
+def backend_for(device: str, local_rank: int, gpus: int) -> str:
+    """``nccl`` when this rank trains on its own GPU, ``gloo`` when the run trains on the CPU
+    (``device: cpu``, or no GPU visible); one line if a rank has no GPU of its own."""
+    if device == "cpu" or gpus == 0:
+        return "gloo"
+    if local_rank >= gpus:
+        raise ParamsError(f"params.yaml: device: {device!r} under torchrun needs one GPU per "
+                          f"rank, but rank {local_rank} sees {gpus} GPU(s) (allowed: "
+                          f"--nproc-per-node <= {gpus}, or device: cpu)")
+    return "nccl"
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); no-op otherwise.
+
+    ``device`` is params.yaml's: a CPU run uses gloo even where GPUs are visible.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = backend_for(device, local, torch.cuda.device_count())
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
     dist.init_process_group(backend)
     return True
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from fraqat.checked import load_weights, require
 from fraqat.errors import FraqatError
 from fraqat.io import atomic_path, read_json, write_json
 from fraqat.models.registry import TextToImage, dummy_inputs, load_teacher
@@ -50,12 +51,10 @@ def save_run(folder: str | Path, model: TextToImage, config: QuantConfig, meta: 
 def load_run(folder: str | Path, teacher_dir: str | Path) -> TextToImage:
     """Rebuild a saved run: teacher architecture -> quantize -> trained state -> deployed bits."""
     folder = Path(folder)
-    if not (folder / "quant.json").exists():
-        raise FraqatError(f"no trained run at {folder} (run its `train` stage first)")
-    info = read_json(folder / "quant.json")
+    info = read_json(folder / "quant.json", ("config",))
     config = QuantConfig(**info["config"])
     model = quantized_copy(load_teacher(teacher_dir), config)
-    model.transformer.load_state_dict(load_file(str(folder / "model.safetensors")))
+    load_weights(model.transformer, folder / "model.safetensors")
     set_weight_bits(model.transformer, config.weight_bits)
     return model.eval()
 
@@ -73,12 +72,11 @@ def load_quantized_transformer(folder: str | Path) -> torch.nn.Module:
 
     folder = Path(folder)
     for name in ("config.json", "quant.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise FraqatError(f"no {name} in {folder} (allowed: a run folder written by "
-                              "`fraqat train`, data/runs/<method>-s<seed>)")
-    arch = read_json(folder / "config.json")
+        require(folder / name, f"{name} of a run folder written by `fraqat train`, "
+                "data/runs/<method>-s<seed>")
+    arch = read_json(folder / "config.json", ("_class_name",))
     cls = getattr(diffusers, arch["_class_name"])
-    info = read_json(folder / "quant.json")
+    info = read_json(folder / "quant.json", ("config",))
     config = QuantConfig(**info["config"])
     transformer = quantize_model(cls.from_config(arch), config)
     share_tensor_quantizers(transformer, dummy_inputs(transformer, batch=1,
@@ -86,6 +84,6 @@ def load_quantized_transformer(folder: str | Path) -> torch.nn.Module:
     if info.get("tensor_quantizers") != plan_of(transformer):
         raise FraqatError(f"the run at {folder} was trained with other activation quantizers "
                           "than this fraqat builds (allowed: a run trained by this version)")
-    transformer.load_state_dict(load_file(str(folder / "model.safetensors")))
+    load_weights(transformer, folder / "model.safetensors")
     set_weight_bits(transformer, config.weight_bits)
     return transformer.eval()

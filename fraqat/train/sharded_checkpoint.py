@@ -30,7 +30,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
-from fraqat.train.checkpoint import checked, corrupt
+from fraqat.checked import read_json, reading
+from fraqat.train.checkpoint import checked
 
 PATTERN = re.compile(r"dcp-(\d+)")
 META = "meta.json"
@@ -53,11 +54,11 @@ def latest(folder: Path) -> Path | None:
 
 
 def read_meta(path: Path) -> dict:
-    try:
-        meta = json.loads((path / META).read_text())
-    except (OSError, ValueError) as exc:
-        raise corrupt(path, exc.__class__.__name__) from None
-    return checked(meta, path)
+    return checked(read_json(path / META, todo=_restart(path)), path)
+
+
+def _restart(path: Path) -> str:
+    return f"delete {path} to resume from an earlier checkpoint or step 0"
 
 
 def save(folder: Path, meta: dict, model: nn.Module, optimizer: Optimizer) -> Path:
@@ -87,7 +88,8 @@ def load(path: Path, model: nn.Module, optimizer: Optimizer) -> None:
     """Load ``path`` into the (sharded) ``model`` and ``optimizer`` in place (a collective)."""
     model_state, optim_state = get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(path))
+    with reading(path, "sharded checkpoint", _restart(path)):  # a shard missing or cut short
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
 

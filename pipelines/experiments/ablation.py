@@ -26,11 +26,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.experiments.ablation_report import cell_table, size_table, write_report
+from pipelines.experiments.grid import CHANNEL, FINAL70, exp_run_command
 
 # Every cell trains qat, fraqat and the control (qat with only FraQAT's steps at the target).
 BASE = {"methods": "[qat,fraqat,qat-target-steps]", "schedule.control_of": "fraqat"}
-FINAL70 = {"schedule.final_fraction": 0.7}
-CHANNEL = {"quant.granularity": "channel"}
 GRIDS: dict[str, dict[str, dict[str, object]]] = {
     # target bits x schedule shape: the paper's equal stages vs most steps at the target
     "quick": {
@@ -65,10 +64,7 @@ TRACE_METHODS = ("qat", "fraqat", "qat-target-steps")
 
 def queue(grid: str, seeds: str) -> None:
     for name, overrides in GRIDS[grid].items():
-        sets = {**BASE, "seeds": seeds, **overrides}
-        cmd = ["dvc", "exp", "run", "--queue", "-n", name]
-        for key, value in sets.items():
-            cmd += ["-S", f"{key}={value}"]
+        cmd = exp_run_command(name, {**BASE, "seeds": seeds, **overrides})
         print(" ".join(cmd))
         subprocess.run(cmd, check=True)
 

@@ -19,10 +19,9 @@ import pandas as pd
 
 from fraqat.report.stats import paired_ttest
 from fraqat.report.tables import fmt_delta, markdown_table
+from pipelines.experiments.grid import SENSITIVE, WIN_PCT
 
-SENSITIVE = {"heldout_loss": "held-out loss", "teacher_mse": "teacher MSE"}
 CONTROL = "qat-target-steps"
-WIN_PCT = 4.0  # the bar: a schedule must beat QAT by >= 4 % on the sensitive metrics
 
 
 def _num(x: object) -> float:

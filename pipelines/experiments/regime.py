@@ -30,11 +30,11 @@ from fraqat.io import write_text
 from fraqat.report.fair import FRACTIONAL, WIN_PCT, outcome
 from fraqat.report.stats import delta_pct, paired_ttest
 from fraqat.report.tables import fmt, fmt_delta, markdown_table
+from pipelines.experiments.grid import OUTLIERS, exp_run_command
 
 OUT = Path("reports/regime")
 GPU_JSON = OUT / "gpu.json"  # regime_gpu's result, copied back from the GPU machine
 HIGH_LR = {"tune.lr_grid": "[0.003]"}  # one high rate for every method: no tuning
-OUTLIERS = {"outliers.fraction": 0.015, "outliers.factor": 50}
 BASE = {"methods": "[qat,qat-warmup,fraqat-late]", "schedule.control_of": "fraqat-late",
         "export.method": "qat"}  # export needs a trained method of the cell
 CELLS: dict[str, dict[str, object]] = {
@@ -54,9 +54,8 @@ def queue(seeds: str, cells: list[str], target: str | None = None) -> None:
     """Queue ``cells``; ``target`` (e.g. ``train``) stops each at that stage: the held-out
     loss and stability come from the train metrics, without the sample evaluations."""
     for name in cells:
-        cmd = ["dvc", "exp", "run", "--queue", "-n", name, *([target] if target else [])]
-        for key, value in {**BASE, "seeds": seeds, **CELLS[name]}.items():
-            cmd += ["-S", f"{key}={value}"]
+        cmd = exp_run_command(name, {**BASE, "seeds": seeds, **CELLS[name]},
+                              [target] if target else [])
         print(" ".join(cmd))
         subprocess.run(cmd, check=True)
 

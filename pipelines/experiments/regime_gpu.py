@@ -43,9 +43,10 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.experiments.grid import OUTLIERS, with_overrides
+
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "profiles" / "mnist-gpu.yaml"
-OUTLIERS = {"outliers.fraction": 0.015, "outliers.factor": 50.0}
 CELLS: dict[str, dict[str, object]] = {
     "w4-lr3e-3": {"bits": 4, "train.lr": 3e-3},
     "w3-outliers-lr3e-3": {"bits": 3, **OUTLIERS, "train.lr": 3e-3},
@@ -63,18 +64,6 @@ TINY = {"device": "cpu", "seeds": [0], "methods": ["qat", "fraqat-late"],
 TINY_CELLS = ("w4-lr3e-3", "w3-outliers-lr3e-3")
 RUN_KEYS = ("final_target_loss", "max_spike", "max_spike_step", "diverged", "final_loss", "lr",
             "steps", "wall_seconds")
-
-
-def with_overrides(base: dict, overrides: dict) -> dict:
-    """``base`` with dotted ``overrides`` applied (as ``dvc exp run -S`` does)."""
-    out = json.loads(json.dumps(base))
-    for key, value in overrides.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
 
 
 def teacher_key(params: dict) -> str:

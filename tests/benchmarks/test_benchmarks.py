@@ -59,3 +59,70 @@ def test_pipeline_stages_keeps_the_rows_of_a_run_that_stops(tmp_path: Path, monk
     assert res["complete"] is False and "needs" not in res
     assert [s["stage"] for s in res["stages"]] == ["build (random init)", "save_pretrained",
                                                    "prepare"]
+
+
+@pytest.mark.slow
+def test_train_step_tiny_times_every_run_interleaved(tmp_path: Path) -> None:
+    from benchmarks import train_step
+
+    out = tmp_path / "ts.json"
+    assert train_step.main(["--tiny", "--runs", "fp:eager,w4a8:eager,fp:graph", "--rounds",
+                            "2", "--steps", "1", "--warmup", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {f"{r['variant']}:{r['mode']}": r for r in res["rows"]}
+    assert rows["fp:graph"]["skipped"] == "needs CUDA"
+    for name in ("fp:eager", "w4a8:eager"):
+        assert len(rows[name]["repeat_medians"]) == 2 and rows[name]["samples"] == 2
+        assert rows[name]["fastest_fp"] == "fp:eager"
+    assert rows["fp:eager"]["x_fastest_fp"] == 1.0
+    assert rows["w4a8:eager"]["x_fastest_fp"] == pytest.approx(
+        rows["w4a8:eager"]["median"] / rows["fp:eager"]["median"])
+
+
+def test_train_step_refuses_an_unknown_run() -> None:
+    from benchmarks import train_step
+
+    with pytest.raises(SystemExit) as exc:
+        train_step.main(["--tiny", "--runs", "fp:warp"])
+    assert exc.value.code == 2
+
+
+def test_ratios_are_against_the_fastest_fp_run() -> None:
+    from benchmarks.train_step import add_ratios
+
+    rows = [{"variant": "fp", "mode": "eager", "median": 200.0, "peak_gib": 10.0},
+            {"variant": "fp", "mode": "compile", "median": 100.0, "peak_gib": 8.0},
+            {"variant": "w4a8", "mode": "eager", "median": 300.0, "peak_gib": 12.0},
+            {"variant": "w4a8", "mode": "graph", "median": 110.0, "peak_gib": 12.0}]
+    add_ratios(rows)
+    assert [r["x_fastest_fp"] for r in rows] == [2.0, 1.0, 3.0, 1.1]
+    assert rows[2]["x_fp"] == 1.5 and "x_fp" not in rows[3]  # no FP graph run
+    assert rows[2]["x_fastest_fp_mem"] == 1.5
+
+
+def test_interleaved_rounds_rotate_the_order() -> None:
+    from benchmarks.timing import interleaved
+
+    calls: list[str] = []
+
+    def timer(fn, warmup: int, reps: int) -> list[float]:
+        fn()
+        return [float(len(calls))] * reps
+
+    times = interleaved({n: (lambda n=n: calls.append(n)) for n in "abc"}, rounds=3, reps=2,
+                        timer=timer)
+    assert calls == list("abcbcacab")
+    assert [len(r) for r in times["a"]] == [2, 2, 2]
+
+
+@pytest.mark.slow
+def test_converted_inference_tiny_equals_fake_quant_and_is_smaller(tmp_path: Path) -> None:
+    from benchmarks import converted_inference
+
+    out = tmp_path / "ci.json"
+    assert converted_inference.main(["--tiny", "--rounds", "1", "--reps", "1", "--torchao", "",
+                                     "--json", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["fraqat-w4a8"]["rel_l2_vs_fake_quant"] == 0.0  # the CPU: the same arithmetic
+    assert rows["fraqat-w4a8"]["disk_bytes"] < rows["bf16"]["disk_bytes"]
+    assert rows["fraqat-w4a8"]["samples"] == 1 and "x_bf16" in rows["fraqat-w4a8"]

@@ -48,7 +48,7 @@ def test_save_load_roundtrip(tmp_path):
     save_classifier(tmp_path / "clf", model, {"steps": 3})
     loaded = load_classifier(tmp_path / "clf")
     assert torch.equal(predict(loaded, train.images), predict(model, train.images))
-    with pytest.raises(FraqatError, match="fraqat classifier"):
+    with pytest.raises(FraqatError, match="missing/config.json: missing"):
         load_classifier(tmp_path / "missing")
 
 

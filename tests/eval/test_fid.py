@@ -98,14 +98,14 @@ def test_inception_needs_a_file_on_disk(tmp_path):
         feature_fn("inception", tmp_path, str(tmp_path / "missing.pt"))
     junk = tmp_path / "weights.pt"
     junk.write_bytes(b"not torchscript")
-    with pytest.raises(FraqatError, match="is not clean-fid's TorchScript Inception"):
+    with pytest.raises(FraqatError, match="not a readable clean-fid TorchScript Inception file"):
         load_inception(junk)
 
 
 def test_unknown_feature_space_and_missing_classifier(tmp_path):
     with pytest.raises(FraqatError, match="allowed: classifier, inception"):
         feature_fn("clip", tmp_path)
-    with pytest.raises(FraqatError, match="fraqat classifier"):
+    with pytest.raises(FraqatError, match="nothing/config.json: missing"):
         feature_fn("classifier", tmp_path / "nothing")
 
 

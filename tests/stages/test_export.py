@@ -44,6 +44,9 @@ def scratch(tmp_path, monkeypatch):
 
     calibrate_activations(model.transformer, [slice(0, 16), slice(16, 32)], forward)
     save_run(paths.run_dir("fraqat", 0), model, config, {"method": "fraqat"})
+    from fraqat.stages import convert
+
+    convert.run(params)
     return params
 
 

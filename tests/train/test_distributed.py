@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from fraqat import paths
+from fraqat.errors import ParamsError
 from fraqat.io import read_json
 from fraqat.train import distributed
 from tests.tiny import make_tiny_project
@@ -58,6 +59,12 @@ def test_two_gloo_processes_match_one(project):
 
 def test_resolve_device():
     assert distributed.resolve_device("cpu") == torch.device("cpu")
+    # CPU runs use gloo where GPUs are visible too (two CPU ranks on a one-GPU machine)
+    assert distributed.backend_for("cpu", 1, 1) == "gloo"
+    assert distributed.backend_for("auto", 1, 0) == "gloo"
+    assert distributed.backend_for("cuda", 1, 2) == "nccl"
+    with pytest.raises(ParamsError, match="rank 1 sees 1 GPU"):
+        distributed.backend_for("auto", 1, 1)
     assert distributed.resolve_device("auto").type == ("cuda" if torch.cuda.is_available()
                                                        else "cpu")
     with pytest.raises(ValueError, match="device: 'tpu' is not allowed"):

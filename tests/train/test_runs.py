@@ -46,5 +46,5 @@ def test_saved_run_swaps_into_the_pipeline(tiny_pipeline_dir, tmp_path):
 
 
 def test_missing_run_is_one_line(tmp_path):
-    with pytest.raises(FraqatError, match="no config.json"):
+    with pytest.raises(FraqatError, match="config.json: missing"):
         load_quantized_transformer(tmp_path)

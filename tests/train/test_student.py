@@ -66,13 +66,15 @@ def test_validation_split_is_disjoint(n: int, fraction: float) -> None:
 
 def test_tune_chooses_on_validation_and_train_uses_it(tmp_path, monkeypatch) -> None:
     from fraqat import paths
+    from fraqat.artifacts import load_tuned_lrs
     from fraqat.io import read_json
     from fraqat.params import load_params
     from fraqat.stages import tune
-    from fraqat.train.student import tuned_lr
+    from fraqat.train.student import peak_lr
     from tests.tiny import make_tiny_project
 
-    overrides = {"methods": ["qat", "qat-target-steps"], "tune": {"lr_grid": [1e-5, 1e-3]},
+    overrides = {"methods": ["qat", "qat-target-steps"],
+                 "tune": {"lr_grid": [1e-5, 1e-3], "steps": None},
                  "train": {"steps": 12, "batch_size": 8, "probe_every": 6, "probe_samples": 8}}
     monkeypatch.chdir(make_tiny_project(tmp_path, overrides))
     params = load_params("params.yaml")
@@ -82,5 +84,8 @@ def test_tune_chooses_on_validation_and_train_uses_it(tmp_path, monkeypatch) -> 
     for method, losses in out["losses"].items():
         best = min(losses, key=losses.get)
         assert out["chosen"][method] == float(best)
-    assert tuned_lr(params, "qat-target-steps") == out["chosen"]["fraqat-late"]
-    assert tuned_lr(params, "ptq") == params.train.lr
+    chosen = load_tuned_lrs()
+    assert peak_lr(params, "qat-target-steps", chosen) == out["chosen"]["fraqat-late"]
+    assert peak_lr(params, "ptq", chosen) == params.train.lr
+    with pytest.raises(FraqatError, match="no tuned learning rate for fraqat"):
+        peak_lr(params, "fraqat", chosen)

@@ -104,9 +104,9 @@ def test_corrupt_checkpoint_is_reported_in_one_line(project):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
     r = train(project, "fraqat", seed=7)
-    assert r.returncode == 1
-    err = [line for line in r.stderr.splitlines() if "corrupt" in line]
-    assert len(err) == 1 and "checkpoint.pt" in err[0] and "Traceback" not in r.stderr
+    assert r.returncode == 2
+    err = [line for line in r.stderr.splitlines() if "checkpoint.pt" in line]
+    assert len(err) == 1 and "delete it" in err[0] and "Traceback" not in r.stderr
     assert (folder / "checkpoint.pt").read_bytes() == b"not a checkpoint"  # never deleted
     assert not (project / paths.run_dir("fraqat", 7)).exists()
 
