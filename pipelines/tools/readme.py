@@ -175,7 +175,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {"finding": finding, "results": resul
 
 
 # The user's README holds the headline; the research detail lives beside the reports.
-FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "results", "export", "layout"),
+FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "results", "export"),
+                                     "docs/layout.md": ("layout",),
                                      "reports/README.md": ("ablation", "regime"),
                                      "docs/real-models.md": ("needs",),
                                      "docs/export.md": ("export",)}
