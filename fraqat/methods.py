@@ -78,6 +78,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in _ENTRIES}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 RUN_NAMES: tuple[str, ...] = tuple(m.name for m in _ENTRIES if m.has_run)
 BASELINE: str = next(m.name for m in _ENTRIES if m.group == "baseline")
+REFERENCE: str = next(m.name for m in _ENTRIES if m.group == "reference")  # the FP teacher
 
 
 def in_group(group: Group) -> tuple[str, ...]:

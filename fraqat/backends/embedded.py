@@ -21,6 +21,7 @@ from fraqat.data import PROMPTS, ImageSet, prompt_for
 from fraqat.eval.classifier import load_classifier, predict, single_thread
 from fraqat.eval.fid import Stats, feature_fn, frechet
 from fraqat.io import atomic_path, load_tensors, read_json
+from fraqat.methods import REFERENCE
 from fraqat.models.outliers import add_outliers
 from fraqat.models.rectified_flow import noisy, velocity
 from fraqat.models.registry import TextToImage, load_teacher, predict_all
@@ -89,7 +90,7 @@ def heldout_sq_errors(model: TextToImage, teacher: TextToImage, heldout: ImageSe
 
 def load_model(method: str, seed: int) -> tuple[TextToImage, float | None, float | None]:
     """The model to evaluate and its (weight, activation) bits; ``None`` for full precision."""
-    if method == "fp":
+    if method == REFERENCE:
         return load_teacher(paths.TEACHER), None, None
     folder = paths.run_dir(method, seed)
     model = load_run(folder, paths.TEACHER)  # a run of another teacher: one line, retrain it
@@ -106,7 +107,7 @@ class EmbeddedEvaluation:
     def __init__(self, params: Params, method: str, seed: int):
         e = self.e = params.eval
         self.model, self.weight_bits, self.act_bits = load_model(method, seed)
-        self.teacher = self.model if method == "fp" else load_teacher(paths.TEACHER)
+        self.teacher = self.model if method == REFERENCE else load_teacher(paths.TEACHER)
         self.heldout = load_split("heldout")
         self.features = feature_fn(e.feature_space, paths.CLASSIFIER, e.inception_path)
         self.classifier = load_classifier(paths.CLASSIFIER)

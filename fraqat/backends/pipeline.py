@@ -23,6 +23,7 @@ from fraqat.artifacts import load_calibration, load_validation
 from fraqat.eval.fid import Stats, frechet
 from fraqat.eval.pipeline import clip_scorer, generate, image_features, load_reference_images
 from fraqat.io import load_tensors, read_json
+from fraqat.methods import REFERENCE
 from fraqat.models.folder import check_inputs, load_pipeline, model_family, read_prompts
 from fraqat.models.registry import (
     TextToImage,
@@ -54,7 +55,7 @@ class PipelineEvaluation:
         self.pipe = load_pipeline(params.model, params.model_path,
                                   params.allow_download).to(device)
         self.family = model_family(params.model)
-        if method == "fp":
+        if method == REFERENCE:
             transformer, self.weight_bits, self.act_bits = self.pipe.transformer, None, None
         else:
             folder = paths.run_dir(method, seed)
@@ -95,7 +96,7 @@ class PipelineEvaluation:
 
     def heldout_errors(self) -> torch.Tensor:
         calib = self.calib
-        if self.method == "fp":  # the teacher against itself
+        if self.method == REFERENCE:  # the teacher against itself
             return torch.zeros(len(calib["probe_t"]))
         probe_v = load_tensors(paths.TEACHER_OUTPUTS)["probe_v"].float()
         pred = predict_points(self.model, calib["probe_x_t"], calib["probe_t"],

@@ -83,11 +83,6 @@ def load_reference_images(folder: str | Path, resolution: int) -> torch.Tensor:
     return torch.stack(out).float() / 127.5 - 1.0
 
 
-def require_file(path: str | None, key: str, what: str) -> None:
-    if path is not None and not Path(path).exists():
-        raise FraqatError(f"{key}={path!r} does not exist (allowed: {what}, or null)")
-
-
 def clip_scorer(path: str | Path):
     """Per-image CLIP score, 100 * max(cos(image, prompt), 0) (Hessel et al. 2021, the
     definition torchmetrics' ``CLIPScore`` uses), from a local ``transformers`` CLIP folder.

@@ -38,8 +38,6 @@ FRACTIONAL = methods.in_group("fractional")
 CONTROLS = methods.in_group("control")
 UNCOMPARED = (BASELINE, *methods.in_group("floor"), *methods.in_group("reference"))
 WIN_PCT = THRESHOLD_PCT
-SECOND_REF = {"qat-warmup": "control_of", "qat-target-steps": "control_of",
-              "fraqat-late-warmup": "qat-warmup"}  # besides qat: the arm each one mirrors
 
 
 def per_seed(evals: pd.DataFrame, method: str, metric: str) -> dict[int, float]:
@@ -67,8 +65,14 @@ def outcome(effects: list[dict | None]) -> str:
 
 
 def references(method: str, control_of: str) -> list[str]:
-    second = SECOND_REF.get(method)
-    return [BASELINE] + ([control_of if second == "control_of" else second] if second else [])
+    """qat, and the arm ``method`` mirrors: a control's ``control_of``; a fractional method
+    with its own warm-up, the control with the same warm-up (the factorial's fourth arm)."""
+    recipe = methods.get(method)
+    if recipe.is_control:
+        return [BASELINE, control_of]
+    if recipe.warmup == "own-high-bits":
+        return [BASELINE, *(m for m in CONTROLS if methods.get(m).warmup == "mirrored-high-bits")]
+    return [BASELINE]
 
 
 def comparisons(evals: pd.DataFrame, methods: list[str], control_of: str) -> list[dict]:

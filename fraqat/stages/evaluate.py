@@ -27,6 +27,7 @@ from fraqat.backends import Backend, backend_of
 from fraqat.errors import FraqatError
 from fraqat.eval.fidelity import fidelity, model_size_mb
 from fraqat.io import load_tensors, read_metadata, save_tensors, write_json
+from fraqat.methods import REFERENCE
 from fraqat.models.sampling import seeded_noise
 from fraqat.params import EvalParams, Params
 
@@ -43,12 +44,12 @@ def eval_prompts(prompts: Sequence[str], n: int) -> tuple[list[str], torch.Tenso
 
 def load_fp_reference(e: EvalParams) -> torch.Tensor:
     """Clipped fp samples of the same prompts/noise, checked to match this evaluation."""
-    path = paths.samples_path("fp", 0)
+    path = paths.samples_path(REFERENCE, 0)
     hint = "run `fraqat evaluate --method fp --seed 0` first"
     if not path.exists():
         raise FraqatError(f"no fp samples at {path} ({hint})")
     meta = read_metadata(path)
-    want = sample_meta("fp", 0, e)
+    want = sample_meta(REFERENCE, 0, e)
     for key in ("num_images", "steps", "eval_seed"):
         if meta.get(key) != want[key]:
             raise FraqatError(f"fp samples at {path} were made with {key}={meta.get(key)}, this "
@@ -81,7 +82,7 @@ def run(params: Params, method: str, seed: int) -> None:
 def evaluate(params: Params, backend: Backend, method: str, seed: int) -> None:
     e, name = params.eval, paths.run_name(method, seed)
     start = time.perf_counter()
-    reference_fp = None if method == "fp" and seed == 0 else load_fp_reference(e)  # fail early
+    reference_fp = None if method == REFERENCE and seed == 0 else load_fp_reference(e)  # fail early
     ev = backend.evaluation(params, method, seed)
     prompts, labels = eval_prompts(backend.prompts(params), e.num_images)
     samples = ev.generate(prompts, desc=f"sample {name}")
@@ -97,7 +98,7 @@ def evaluate(params: Params, backend: Backend, method: str, seed: int) -> None:
                "model_size_mb": model_size_mb(ev.model), "num_images": e.num_images,
                "eval_steps": e.steps, "seconds": time.perf_counter() - start}
     noise_row = noise_metrics(seeded_noise(e.num_images, tuple(images.shape[1:]), e.seed),
-                              reference_fp, scores, ev.fields, e) if method == "fp" \
+                              reference_fp, scores, ev.fields, e) if method == REFERENCE \
         else None  # computed before anything is written: all outputs or none
     save_tensors(paths.samples_path(method, seed),
                  {"samples": samples, "labels": labels, "heldout_sq_err": sq_err},

@@ -21,6 +21,7 @@ from fraqat import paths
 from fraqat.backends import backend_of
 from fraqat.errors import FraqatError
 from fraqat.io import atomic_path, load_tensors, read_json, write_json, write_text
+from fraqat.methods import REFERENCE
 from fraqat.models.rectified_flow import seeded_noise
 from fraqat.params import Params
 from fraqat.report import fair, plots
@@ -45,14 +46,14 @@ SMOKE = ("**Smoke run: no verdict.** `smoke: true` (a profile at toy sizes) chec
 # ----------------------------------------------------------------------------- loading
 
 def report_methods(params: Params) -> list[str]:
-    return ["fp", *params.methods]
+    return [REFERENCE, *params.methods]
 
 
 def load_eval_rows(params: Params) -> tuple[pd.DataFrame, list[str]]:
     """One row per (method, seed) evaluation JSON, plus the noise row; and what is missing."""
     rows, missing = [], []
     for method in report_methods(params):
-        seeds = (sorted(_seeds_on_disk(method)) or [0]) if method == "fp" else params.seeds
+        seeds = (sorted(_seeds_on_disk(method)) or [0]) if method == REFERENCE else params.seeds
         for seed in seeds:
             path = paths.eval_metrics(method, seed)
             if path.exists():
@@ -101,7 +102,7 @@ def per_item_values(method: str, seed: int, metric: str) -> np.ndarray | None:
     if metric == "heldout_distill_loss":
         return t["heldout_sq_err"].double().numpy()
     if metric == "teacher_mse":
-        fp = paths.samples_path("fp", 0)
+        fp = paths.samples_path(REFERENCE, 0)
         if not fp.exists():
             return None
         ref = load_tensors(fp)["samples"].clamp(-1, 1)
@@ -154,7 +155,7 @@ def sample_rows(params: Params) -> list[tuple[str, torch.Tensor]]:
     """Each method's first available seed, then the evaluation noise itself."""
     rows = []
     for method in report_methods(params):
-        seeds = [0] if method == "fp" else params.seeds
+        seeds = [0] if method == REFERENCE else params.seeds
         for seed in seeds:
             p = paths.samples_path(method, seed)
             if p.exists():
