@@ -26,7 +26,7 @@ def test_stage_writes_a_packed_model_under_a_third_of_the_run(scratch):  # noqa:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
 
     converted = load_converted(paths.CONVERTED)
-    fake_quant = load_run(paths.run_dir("fraqat", 0), paths.TEACHER).transformer
+    fake_quant = load_run(paths.run_dir(scratch.export.method, 0), paths.TEACHER).transformer
     inputs = dummy_inputs(fake_quant, batch=3, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(converted(**inputs)[0], fake_quant(**inputs)[0])

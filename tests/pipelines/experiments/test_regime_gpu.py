@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
+from pipelines import profiles
 from pipelines.experiments.regime_gpu import (
     CELLS,
     PROFILE,
@@ -19,7 +18,7 @@ from pipelines.experiments.regime_gpu import (
 
 
 def test_cells_share_a_teacher_only_when_its_inputs_agree() -> None:
-    profile = yaml.safe_load(PROFILE.read_text())
+    profile = profiles.merged(PROFILE)
     params = {c: with_overrides(profile, o) for c, o in CELLS.items()}
     assert params["w4-lr1e-2"]["train"]["lr"] == 0.01 and profile["train"]["lr"] == 0.003
     assert teacher_key(params["w4-lr3e-3"]) == teacher_key(params["w4-lr1e-2"])
@@ -28,7 +27,7 @@ def test_cells_share_a_teacher_only_when_its_inputs_agree() -> None:
 
 
 def test_budget_spent_skips_and_keeps_the_json(tmp_path: Path) -> None:
-    profile = with_overrides(yaml.safe_load(PROFILE.read_text()), TINY)
+    profile = with_overrides(profiles.merged(PROFILE), TINY)
     (tmp_path / "logs").mkdir()
     out = tmp_path / "gpu.json"
     result = Runner(profile, {"w4-lr3e-3": CELLS["w4-lr3e-3"]}, tmp_path, out, 0.0, 1).run()
@@ -55,7 +54,7 @@ def test_tiny_run_through_the_stages(tmp_path: Path) -> None:
 
 
 def test_a_failing_stage_is_recorded_with_its_log(tmp_path: Path) -> None:
-    profile = with_overrides(yaml.safe_load(PROFILE.read_text()), {**TINY, "data.source": "cifar"})
+    profile = with_overrides(profiles.merged(PROFILE), {**TINY, "data.source": "cifar"})
     (tmp_path / "logs").mkdir()
     out = tmp_path / "gpu.json"
     result = Runner(profile, {"w4-lr3e-3": CELLS["w4-lr3e-3"]}, tmp_path, out, 60.0, 1).run()
