@@ -226,7 +226,8 @@ def exp_show(repo: Path, rev: str) -> list[dict]:
                          what="dvc exp show"))
 
 
-def table(grid: str, pts: list[Point], show: list[dict], rev: str) -> tuple[pd.DataFrame, str]:
+def table(grid: str, pts: list[Point], show: list[dict], rev: str,
+          repo: Path | None = None) -> tuple[pd.DataFrame, str]:
     """The grid's table from the points' experiments of baseline ``rev`` (``dvc exp show
     --json``): a point counts once, whatever number of runs it took."""
     cell_of = {p.name: p.cell for p in pts}
@@ -234,12 +235,12 @@ def table(grid: str, pts: list[Point], show: list[dict], rev: str) -> tuple[pd.D
                                   for e in b.get("experiments") or [] if e.get("name") in cell_of]}
             for b in show if b.get("rev") == rev]
     if GRIDS[grid].split:
-        rows = regime.runs(show)
+        rows = regime.runs(show, repo)
         if rows.empty:
             return rows, "No finished points."
         frame = regime.summarize(rows)
         return frame, "\n".join([regime.verdict(frame), "", regime.table_markdown(frame)])
-    exps = ablation.experiments(show)
+    exps = ablation.experiments(show, repo)
     if not exps:
         return pd.DataFrame(), "No finished points."
     frame = cell_table(exps)
@@ -253,7 +254,7 @@ def collect(repo: Path, grid: str, pts: list[Point], names: list[str], rev: str,
     if names:
         sh(repo, "dvc", "exp", "pull", "--no-cache", "--force", git_remote, *names,
            what=f"dvc exp pull {git_remote}")
-    frame, md = table(grid, pts, exp_show(repo, rev), rev)
+    frame, md = table(grid, pts, exp_show(repo, rev), rev, repo)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / f"{grid}.csv", index=False)
     (out / f"{grid}.md").write_text(md + "\n")

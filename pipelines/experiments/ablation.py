@@ -81,7 +81,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def experiments(show: list[dict]) -> list[dict]:
+def experiments(show: list[dict], repo: Path | None = None) -> list[dict]:
     """Finished rows (name, rev, params, metrics) from ``dvc exp show --json`` (DVC 3 layout).
 
     A name queued again on a later commit replaces the older run: the newest one is kept.
@@ -101,7 +101,7 @@ def experiments(show: list[dict]) -> list[dict]:
                 if not metrics.get("data"):  # queued, running or failed: nothing measured
                     continue
                 name = exp.get("name") or rev.get("name") or rev.get("rev")
-                details = read_at(rev.get("rev", ""), "reports/details.json")
+                details = read_at(rev.get("rev", ""), "reports/details.json", repo)
                 row = {"name": name, "rev": rev.get("rev", ""), "params": _flatten(params),
                        "metrics": {**details, **metrics["data"]},
                        "timestamp": data.get("timestamp") or ""}

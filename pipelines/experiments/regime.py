@@ -77,9 +77,9 @@ def queue(seeds: str, cells: list[str], target: str | None = None) -> None:
         subprocess.run(cmd, check=True)
 
 
-def runs(show: list[dict]) -> pd.DataFrame:
-    """One row per (cell, method, seed): train and eval metrics of finished experiments, and
-    the cell's teacher weight statistics (``teacher.*``)."""
+def runs(show: list[dict], repo: Path | None = None) -> pd.DataFrame:
+    """One row per (cell, method, seed): train and eval metrics of finished experiments of
+    ``repo`` (default: the current folder), and the cell's teacher weight statistics."""
     rows: dict[tuple, dict] = {}
     for baseline in show:
         for exp in baseline.get("experiments") or []:
@@ -89,7 +89,7 @@ def runs(show: list[dict]) -> pd.DataFrame:
                 continue
             for rev in exp.get("revs") or []:
                 metrics = {**metrics_at(rev.get("rev", ""), "reports/train", "reports/eval",
-                                        files=("reports/teacher.json",)),
+                                        files=("reports/teacher.json",), repo=repo),
                            **((rev.get("data") or {}).get("metrics") or {})}
                 teacher = (metrics.get("reports/teacher.json") or {}).get("data") or {}
                 for path, m in metrics.items():

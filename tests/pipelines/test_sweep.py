@@ -140,8 +140,8 @@ def test_two_workers_reproduce_the_single_machine_table_after_a_kill(
     pts = points(**GRID, sets=SETS)
     rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repos["lead"], check=True,
                          capture_output=True, text=True).stdout.strip()
-    swept, _ = table("regime", pts, exp_show(repos["lead"]), rev)
-    want = regime.summarize(regime.runs(exp_show(repos["solo"])))
+    swept, _ = table("regime", pts, exp_show(repos["lead"]), rev, repos["lead"])
+    want = regime.summarize(regime.runs(exp_show(repos["solo"]), repos["solo"]))
     assert list(swept["seeds"]) == [2, 2]  # every point once: none lost, none counted twice
     pd.testing.assert_frame_equal(swept.reset_index(drop=True), want.reset_index(drop=True),
                                   rtol=1e-6)
