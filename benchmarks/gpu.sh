@@ -4,8 +4,8 @@
 #   bash benchmarks/gpu.sh OUT_DIR [PARTS] [STEP_SECONDS]
 # PARTS: comma-separated, of inference,step,tests (default all three). STEP_SECONDS bounds the
 # step benchmark's timed rounds (its JSON is rewritten after every round, so a cut run keeps
-# what it finished). The tests run last, in four groups side by side (16 cores; each group
-# uses little of the GPU), each with its own time limit and log.
+# what it finished). The tests run last, in five groups side by side (16 cores; each group
+# uses little of the GPU), each with its own time limit ($TEST_SECONDS, default 170) and log.
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [PARTS] [STEP_SECONDS]}
 parts=${2:-inference,step,tests}
@@ -29,11 +29,14 @@ has() { [[ ",$parts," == *",$1,"* ]]; }
   nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv
 } 2>&1 | tee "$out/log.txt"
 if has tests; then
-  groups=("quant:tests/quant" "step:tests/train/test_step.py"
-          "sharding:tests/train/test_sharding.py" "distributed:tests/train/test_distributed.py")
+  groups=("quant|tests/quant|" "step|tests/train/test_step.py|"
+          "fsdp|tests/train/test_sharding.py|two_gloo"
+          "sharding|tests/train/test_sharding.py|not two_gloo"
+          "distributed|tests/train/test_distributed.py|")
   for g in "${groups[@]}"; do
+    IFS='|' read -r name path expr <<< "$g"
     timeout "${TEST_SECONDS:-170}" python -m pytest -q -p no:cacheprovider --durations=5 \
-      "${g#*:}" > "$out/tests-${g%%:*}.txt" 2>&1 &
+      "$path" ${expr:+-k "$expr"} > "$out/tests-$name.txt" 2>&1 &
   done
   wait
   tail -n 3 "$out"/tests-*.txt | tee -a "$out/log.txt"

@@ -201,8 +201,8 @@ def fake_quant_given(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
     inside = (torch.empty_like(xc, dtype=torch.uint8) if mask == "bytes" else
               torch.empty(-(-n // 8) if mask == "bits" else 0, dtype=torch.uint8,
                           device=x.device))
-    s = scale.detach().reshape(1).to(x.device, torch.float32)
-    z = zero_point.reshape(1).to(x.device, torch.int32)
+    s, z = _on_device(scale.detach(), x.device, torch.float32), _on_device(zero_point, x.device,
+                                                                          torch.int32)
     with _on(x.device):
         _tensor_fwd_kernel[(triton.cdiv(n, _BLOCK),)](
             xc, y, s, s, s, z, inside, n, float(qmin), float(qmax), SYMMETRIC=False,
@@ -239,6 +239,12 @@ def masked_grad(g: torch.Tensor, inside: torch.Tensor, dtype: torch.dtype) -> to
         _masked_grad_kernel[(triton.cdiv(g.numel(), _BLOCK),)](g, m, dx, g.numel(), BLOCK=_BLOCK,
                                                                BITS=False, num_warps=8)
     return dx
+
+
+def _on_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as the kernels read a one-value tensor (a pointer): no copy, no op when it already
+    is one (the common case: every eager call pays for each op it launches)."""
+    return t if t.dtype == dtype and t.device == device else t.to(device, dtype)
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
