@@ -58,7 +58,7 @@ BACKENDS = ("triton", "reference")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_GROUP = 16384  # a bigger group does not fit one program's registers: reference path
 _BLOCK = 4096  # elements per program of the elementwise kernels
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (debugging)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (debugging)
 _backend: str | None = None
 
 
@@ -123,7 +123,7 @@ def _plan(shape: tuple[int, ...], granularity: str, group_size: int) -> _Plan | 
 
 
 def _usable(x: torch.Tensor) -> bool:
-    return (triton is not None and current_backend() == "triton" and (x.is_cuda or _INTERPRET)
+    return (triton is not None and current_backend() == "triton" and (x.is_cuda or INTERPRET)
             and x.dtype in DTYPES and 0 < x.numel() <= 2**30)
 
 

@@ -16,14 +16,14 @@ give the same bits). Being opaque ops with fake (meta) implementations, they tra
 The layers do not go through the dispatcher, though: :func:`fake_quantize_grid` and
 :func:`fake_quantize_given` apply ``torch.autograd.Function`` s that call the same two
 implementations directly. Why: a custom op's Python layer (schema handling, the autograd
-wrapper) cost 0.5-0.65 ms of host time per eager call on the H200's host against 0.09 ms for
-an aten op, which made the eager W4A8 step host-bound. On CUDA the activation path saves its
-in-range mask packed 8 per byte (1/16 of a bf16 activation, not 1/2). Under
-``torch.compile`` the functions run the reference's aten formula, which dynamo traces and
-inductor fuses with the neighbouring elementwise work (no opaque node, no extra pass); on
-CUDA its Triton code divides approximately unless inductor's IEEE-division option is on
-(``TORCHINDUCTOR_EMULATE_DIVISION_ROUNDING=1`` where this torch has it), so a compiled step may
-round a value at a code boundary the other way.
+wrapper) cost 0.5-0.65 ms of host time per eager call on the H200's host against 0.09 ms for an
+aten op, which made the eager W4A8 step host-bound. On CUDA the activation path saves its in-
+range mask packed 8 per byte (1/16 of a bf16 activation, not 1/2). Under ``torch.compile`` the
+functions run the reference's aten formula with its gradients from the formula itself (no
+autograd.Function to trace), which inductor fuses with the neighbouring elementwise work (no
+opaque node, no extra pass); on CUDA its Triton code divides approximately unless inductor's
+IEEE-division option is on (``TORCHINDUCTOR_EMULATE_DIVISION_ROUNDING=1`` where this torch has
+it), so a compiled step may round a value at a code boundary the other way.
 
 The bit-width enters as a tensor, :func:`fraqat.quant.core.grid_tensor` = (divisor, qmin,
 qmax), not as a Python number: a new bit-width is a copy into that tensor, so compiled graphs
@@ -41,8 +41,12 @@ from fraqat.quant import kernels
 from fraqat.quant.core import (
     QParams,
     _check_granularity,
+    _group_view,
+    _row_qparams,
+    _ungroup,
     check_bits,
     grid_tensor,
+    quantize_with_qparams,
     reference_fake_quant,
     reference_fake_quant_backward,
     reference_fake_quant_given,
@@ -79,6 +83,8 @@ def fake_quantize_grid(x: Tensor, grid: Tensor, *, granularity: str = "tensor", 
         y = fake_quantize_grid(x.movedim(axis, 0), grid, granularity=granularity,
                                group_size=group_size, symmetric=symmetric, out_dtype=out_dtype)
         return y.movedim(0, axis)
+    if torch.compiler.is_compiling():
+        return _weight_formula(x, grid, granularity, group_size, symmetric, out_dtype or x.dtype)
     return _WeightFakeQuant.apply(x, grid, granularity, group_size, symmetric,
                                   out_dtype or x.dtype)
 
@@ -86,8 +92,22 @@ def fake_quantize_grid(x: Tensor, grid: Tensor, *, granularity: str = "tensor", 
 def fake_quantize_given(x: Tensor, qp: QParams, out_dtype: torch.dtype | None = None) -> Tensor:
     """``quantize_with_qparams(x.float(), qp).to(out_dtype)``: STE for ``x``, LSQ for a scale
     that requires grad; ``out_dtype`` defaults to ``x.dtype``."""
+    if torch.compiler.is_compiling():
+        return quantize_with_qparams(x.float(), qp).to(out_dtype or x.dtype)
+    # decided here: inside an autograd.Function's forward, grad mode is always off
+    grad = torch.is_grad_enabled() and (x.requires_grad or qp.scale.requires_grad)
     return _GivenFakeQuant.apply(x, qp.scale, qp.zero_point, qp.quant_min, qp.quant_max,
-                                 out_dtype or x.dtype)
+                                 out_dtype or x.dtype, grad)
+
+
+def _weight_formula(x: Tensor, grid: Tensor, granularity: str, group_size: int,
+                    symmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    """The reference's arithmetic in aten ops with its gradients from the formula
+    (:func:`fraqat.quant.core.quantize_with_qparams`): what ``torch.compile`` traces and fuses."""
+    rows = _group_view(x.float(), granularity, 0, group_size)
+    scale, zp = _row_qparams(rows.detach(), grid[0], symmetric)
+    y = quantize_with_qparams(rows, QParams(scale, zp, grid[1], grid[2]))  # type: ignore[arg-type]
+    return _ungroup(y, x, granularity, 0).to(out_dtype)
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
@@ -250,9 +270,9 @@ _given.register_autograd(_given_grad, setup_context=_given_setup)
 
 
 def _fast(x: Tensor) -> bool:
-    """Call the Triton kernels directly (eager CUDA); the aten reference otherwise, which is
-    also what ``torch.compile`` traces and fuses."""
-    return x.is_cuda and not torch.compiler.is_compiling()
+    """Call the Triton kernels directly: eager CUDA (or CPU under Triton's interpreter); the
+    kernels refuse what they cannot do, and the reference runs instead."""
+    return x.is_cuda or kernels.INTERPRET
 
 
 class _WeightFakeQuant(torch.autograd.Function):
@@ -286,8 +306,7 @@ class _GivenFakeQuant(torch.autograd.Function):
     to one bit per value, and no mask is written at all when nothing needs a gradient."""
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, out_dtype):
-        grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)
+    def forward(ctx, x, scale, zero_point, qmin, qmax, out_dtype, grad):
         # LSQ's scale gradient reads the mask as values: bytes then
         mask = ("bytes" if scale.requires_grad else "bits") if grad else "none"
         out = kernels.fake_quant_given(x, scale, zero_point, qmin, qmax, out_dtype,
@@ -315,7 +334,7 @@ class _GivenFakeQuant(torch.autograd.Function):
             if dx is None:
                 dx = _masked_grad_reference(gy, inside, ctx.x_dtype)
         if not lsq:
-            return dx, None, None, None, None, None
+            return dx, None, None, None, None, None, None
         x, scale, zero_point = lsq
         dscale = _lsq_scale_grad(gy, x, scale, zero_point, ctx.qmin, ctx.qmax, inside)
-        return dx, dscale, None, None, None, None
+        return dx, dscale, None, None, None, None, None

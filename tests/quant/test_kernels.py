@@ -184,7 +184,7 @@ def test_packed_mask_kernels_in_interpreter() -> None:
     layout (Triton's CPU interpreter runs the same kernels on CPU tensors)."""
     code = """
 import torch
-from fraqat.quant import kernels
+from fraqat.quant import kernels, ops
 from fraqat.quant.core import QParams, quantize_with_qparams
 qp = QParams(torch.tensor(0.02), torch.tensor(120, dtype=torch.int32), 0, 255)
 for seed, shape, cl in [(0, (3, 5, 7, 9), False), (1, (2, 6, 5, 4), True), (2, (4099,), False)]:
@@ -204,6 +204,12 @@ for seed, shape, cl in [(0, (3, 5, 7, 9), False), (1, (2, 6, 5, 4), True), (2, (
     y0, none = kernels.fake_quant_given(x, qp.scale, qp.zero_point, 0, 255, torch.float32,
                                         mask="none")
     assert torch.equal(y0, y) and none.numel() == 0
+    xo = x.clone().requires_grad_(True)  # the layers' path: autograd through the packed mask
+    yo = ops.fake_quantize_given(xo, qp)
+    (do,) = torch.autograd.grad(yo, xo, g)
+    assert torch.equal(yo, yr.detach()) and torch.equal(do, dr)
+    with torch.no_grad():
+        assert torch.equal(ops.fake_quantize_given(x, qp), y)
 """
     env = {**os.environ, "TRITON_INTERPRET": "1", "FRAQAT_FUSED": "triton"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
