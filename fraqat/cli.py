@@ -134,15 +134,20 @@ def export(params: Path = ParamsOpt) -> None:
     _run_stage("export", params)
 
 
-@app.command()
-def plan(profile: str = typer.Option(None, help="a profile of profiles/ (e.g. paper-sana-600m)"),
-         set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE overrides (repeat)"),
+SetOpt = typer.Option(None, "--set", help="KEY=VALUE overrides (more may follow the first)")
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def plan(ctx: typer.Context,
+         profile: str = typer.Option(None, help="a profile of profiles/ (e.g. paper-sana-600m)"),
+         set_: list[str] = SetOpt,
          gpus: str = typer.Option(None, help="plan for NxGIB GPUs (e.g. 8x80), not this one"),
          disk_gb: float = typer.Option(None, help="free disk in GB (default: measured here)"),
          check_files: bool = typer.Option(True, help="check every input path and file"),
          params: Path = ParamsOpt) -> None:
     """Preflight: check the inputs, print GPU memory, disk and hours per stage; refuse (exit 2,
     one line) a run that cannot fit, saying what to change."""
+    set_ = [*(set_ or []), *ctx.args]  # `--set a=1 b=2`, as the flow takes them
     from fraqat import plan as planning
     from fraqat.params import load_params
     from pipelines.workspace import requested

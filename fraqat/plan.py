@@ -99,10 +99,9 @@ def check_inputs(params: Params, required: dict[str, str]) -> list[str]:
     from fraqat.models.folder import check_inputs as check_model_inputs
     from fraqat.models.folder import read_prompts, reference_images
 
-    for key, what in required.items():
-        if _get(params, key) is None:
-            raise PlanError(f"{key} is not set (needed: {what}); give it with --set "
-                            f"{key}=PATH")
+    missing = [f"{key} ({what})" for key, what in required.items() if _get(params, key) is None]
+    if missing:
+        raise PlanError(f"not set: {'; '.join(missing)}; give each with --set KEY=PATH")
     check_model_inputs(params)
     e = params.eval
     found = [f"weights: {params.model_path}",
