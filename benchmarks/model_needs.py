@@ -114,6 +114,7 @@ def project(result: dict, paper: dict | None = None, acts: dict | None = None) -
         disk = needs.disk_bytes(key, m)
         secs = needs.seconds(key, m, ref)
         secs.pop("tune")
+        secs["evaluate"] = needs.evaluate_upper_seconds(key, m, ref)  # as the block says
         rows.append({"model": spec.label, "transformer_params": spec.transformer,
                      "pipeline_params": spec.pipeline, "tokens": needs.tokens(spec),
                      "train_static_gib": needs.STATIC * spec.transformer / GIB,

@@ -20,7 +20,9 @@ Rules, first order:
   (one block at a time and the VAE's decode: images of the same size cost the same);
 - time of every stage ∝ transformer params × tokens (the FLOPs of its linear layers), from the
   measured seconds per unit of work; checkpointing multiplies training time by the family's
-  measured ratio; N GPUs divide it by N (ideal scaling: a lower bound);
+  measured ratio; N GPUs divide it by N (ideal scaling: a lower bound); a sampling step is one
+  forward per guidance branch, a third of the measured training step per sample (the
+  measured evaluation, pipeline loading included, gives :func:`evaluate_upper_seconds`);
 - disk = the bf16 checkpoint + fp32 calibration latents and prompt embeddings + the bf16
   teacher cache + fp32 students + float16 samples.
 """
@@ -54,6 +56,7 @@ class Spec:
     joint: int              # text tokens inside the image attention (MMDiT)
     text: tuple[int, int]   # prompt embedding (tokens, width)
     eval_steps: int         # the pipeline's usual sampling steps
+    forwards: int = 2       # transformer calls per sampling step (2: classifier-free guidance)
     proxy: str | None = None  # measured family whose activations scale to this one
 
 
@@ -67,7 +70,7 @@ SPECS: dict[str, Spec] = {
     "sd3.5-medium": Spec("SD3.5-Medium", 2_243_171_520, 7_907_613_331, 24, 1536, 16, 8, 2, 333,
                          (333, 4096), 28, proxy="pixart-sigma"),
     "flux-schnell": Spec("FLUX.1-schnell", 11_891_178_560, 16_860_370_707, 57, 3072, 16, 8, 2,
-                         256, (256, 4096), 4, proxy="sd3.5-medium"),
+                         256, (256, 4096), 4, forwards=1, proxy="sd3.5-medium"),
 }
 
 
@@ -215,9 +218,17 @@ def seconds(model: str, run: Run, ref: dict, gpus: int = 1, ckpt_time: float = 1
     s, sana = SPECS[model], SPECS["sana-600m"]
     work = s.transformer * tokens(s, run.resolution) / (sana.transformer * tokens(sana))
     step = ref["train_step_s"] * work * run.batch / ref["batch"] * ckpt_time / gpus
+    forward = ref["train_step_s"] * work / ref["batch"] / 3  # one sample's forward
     return {"calibrate": ref["calibrate_point_s"] * work * run.points,
             "teacher": ref["teacher_point_s"] * work * run.points,
             "tune": step * run.tune_steps * run.tune_runs,
             "train": step * run.steps * run.trained_runs,
-            "evaluate": ref["eval_image_step_s"] * work * run.eval_images * run.eval_steps
-            * run.eval_runs}
+            "evaluate": forward * s.forwards * run.eval_images * run.eval_steps * run.eval_runs}
+
+
+def evaluate_upper_seconds(model: str, run: Run, ref: dict) -> float:
+    """Evaluate's wall seconds at the measured run's seconds per image-step, whose 4-image
+    evaluations included loading the pipeline: an upper bound."""
+    s, sana = SPECS[model], SPECS["sana-600m"]
+    work = s.transformer * tokens(s, run.resolution) / (sana.transformer * tokens(sana))
+    return ref["eval_image_step_s"] * work * run.eval_images * run.eval_steps * run.eval_runs

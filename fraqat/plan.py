@@ -215,6 +215,7 @@ class Plan:
     infer_gib: float
     disk_gb: dict[str, float]
     hours: dict[str, float]
+    evaluate_upper_hours: float
     fits: bool
     refusal: str | None
     activation_source: str
@@ -272,7 +273,7 @@ def plan(params: Params, m: Machine, prompts: int, acts: dict | None = None,
     ckpt_time = (acts.get(model, {}).get("ckpt_time") or needs.CKPT_TIME) if lay.ckpt else 1.0
     secs = needs.seconds(model, run, ref, lay.gpus, ckpt_time)
     return Plan(model, m, lay, need, infer, disk, {k: v / 3600 for k, v in secs.items()},
-                refusal is None, refusal,
+                needs.evaluate_upper_seconds(model, run, ref) / 3600, refusal is None, refusal,
                 needs.train_activation(model, lay.ckpt, params.resolution, acts, ref)[2])
 
 
@@ -287,9 +288,9 @@ def render(p: Plan, title: str, found: list[str], origin: dict[str, str]) -> str
             ("tune", p.train_gib, p.hours["tune"]),
             ("train", p.train_gib, p.hours["train"]),
             ("evaluate", p.infer_gib, p.hours["evaluate"])]
-    lines.append(f"  {'stage':<10}{'GPU GiB':>9}{'of':>6}{'hours':>9}   (evaluate: an upper "
-                 "bound)")
+    lines.append(f"  {'stage':<10}{'GPU GiB':>9}{'of':>6}{'hours':>9}")
     lines += [f"  {s:<10}{g:>9.1f}{gib:>6.0f}{h:>9.1f}" for s, g, h in rows]
+    lines[-1] += f"   (at most {p.evaluate_upper_hours:,.1f}: the measured rate with loading)"
     lines.append(f"  training {p.layout.words()}; activations {p.activation_source}")
     lines.append(f"  disk     {p.disk_total_gb:,.0f} GB (" + ", ".join(
         f"{k} {v:,.0f}" for k, v in p.disk_gb.items()) + ")")
