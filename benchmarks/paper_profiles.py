@@ -25,6 +25,7 @@ import gc
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -93,14 +94,18 @@ def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
     (model.enable_gradient_checkpointing if on else model.disable_gradient_checkpointing)()
 
 
-def measure(name: str, tiny: bool, device: torch.device, rounds: int, warmup: int) -> dict:
-    """Every variant of one model: peak GiB while it warmed up, step times in rounds."""
+def measure(name: str, tiny: bool, device: torch.device, rounds: int, warmup: int,
+            progress: Callable[[dict], None] = lambda _: None) -> dict:
+    """Every variant of one model: peak GiB while it warmed up, step times in rounds.
+    Checkpointing on first: a variant that breaks the CUDA context (a kernel failing for
+    lack of memory can) then comes after the ones that fit; ``progress`` gets the partial
+    result after each variant."""
     cuda = device.type == "cuda"
     model = build(name, tiny, device)
     n = sum(p.numel() for p in model.parameters())
     use_opt = name not in NO_OPTIMIZER or tiny
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=cuda or None) if use_opt else None
-    variants = [(b, gc_on) for b in (1, 2) for gc_on in (False, True)]
+    variants = [(b, gc_on) for gc_on in (True, False) for b in (1, 2)]
     rows: dict[tuple[int, bool], dict] = {}
     steps: dict[tuple[int, bool], object] = {}
     for b, gc_on in variants:
@@ -126,6 +131,8 @@ def measure(name: str, tiny: bool, device: torch.device, rounds: int, warmup: in
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
+        progress({"model": name, "params": n, "static_bytes_per_param": 16 if use_opt else 8,
+                  "rows": list(rows.values()), "complete": False})
     for r in range(rounds):
         keys = list(steps)
         for key in keys[r % len(keys):] + keys[: r % len(keys)]:
@@ -158,8 +165,11 @@ def main() -> None:
     out = {**meta(), "resolution": 1024, "tiny": args.tiny, "models": []}
     for name in args.models:
         t0 = time.perf_counter()
+        def partial(res: dict) -> None:
+            write_json(args.json, {**out, "models": [*out["models"], res]})
+
         try:
-            res = measure(name, args.tiny, device, args.rounds, args.warmup)
+            res = measure(name, args.tiny, device, args.rounds, args.warmup, partial)
         except torch.OutOfMemoryError:
             res = {"model": name, "error": "out of memory while building"}
         res["wall_s"] = time.perf_counter() - t0

@@ -126,7 +126,8 @@ def load_reference(root: Path = RESULTS) -> tuple[dict, Path]:
 
 def activations(result: dict) -> dict[str, dict]:
     """Per measured family: peak bytes at batch 1 and bytes per further sample, checkpointing
-    off (False) and on (True), and checkpointing's measured time factor at batch 2."""
+    off (False) and on (True) where both batches ran, and checkpointing's measured time
+    factor at batch 2."""
     out: dict[str, dict] = {}
     for m in result.get("models", []):
         rows = {(r["batch"], r["checkpointing"]): r for r in m.get("rows", [])
@@ -138,7 +139,7 @@ def activations(result: dict) -> dict[str, dict]:
                 fam[ckpt] = {"fixed": p1 - (p2 - p1) - fam["static"], "per_sample": p2 - p1}
         if (2, False) in rows and (2, True) in rows:
             fam["ckpt_time"] = rows[(2, True)]["median_ms"] / rows[(2, False)]["median_ms"]
-        if False in fam and True in fam:
+        if False in fam or True in fam:
             out[m["model"]] = fam
     return out
 
@@ -158,9 +159,9 @@ def train_activation(model: str, ckpt: bool, resolution: int, acts: dict[str, di
                      ref: dict) -> tuple[float, float, str]:
     """(fixed bytes, bytes per sample, source) of training ``model`` at ``resolution``."""
     spec, name = SPECS[model], model
-    while name not in acts and SPECS[name].proxy:
+    while ckpt not in acts.get(name, {}) and SPECS[name].proxy:
         name = SPECS[name].proxy  # type: ignore[assignment]
-    if name in acts:
+    if ckpt in acts.get(name, {}):
         a = acts[name][ckpt]
         if name == model:
             return a["fixed"], a["per_sample"] * tokens(spec, resolution) / tokens(spec), \

@@ -138,3 +138,17 @@ def test_memory_rule_reproduces_the_measurement():
             assert got == pytest.approx(row["peak_gib"], rel=1e-6), (m["model"], row)
     fixed, per, source = needs.train_activation("flux-schnell", True, 1024, acts, ref)
     assert source == "scaled from SD3.5-Medium" and per > 0  # not measured: too large
+
+
+@pytest.mark.slow
+def test_flow_dry_run_is_the_plan_and_runs_nothing(capfd):
+    from pipelines import flows
+
+    before = (ROOT / "params.yaml").read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        flows.main(["--profile", "paper-sana-600m", "--dry-run", "--repo", str(ROOT),
+                    "--set", "model_path=/nowhere"])
+    assert exit_.value.code == 2
+    err = capfd.readouterr().err
+    assert "fraqat plan: not set: prompts_path" in err and "Traceback" not in err
+    assert (ROOT / "params.yaml").read_bytes() == before
