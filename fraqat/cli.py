@@ -155,6 +155,10 @@ def plan(ctx: typer.Context,
     try:
         values = requested(profile=profile, overrides=set_ or [], root=params.resolve().parent)
         p = load_params(params, overrides=values)
+        if p.model not in planning.needs.SPECS:  # the embedded default: minutes on a CPU
+            typer.echo(f"fraqat plan: model {p.model} trains in-project on the CPU; nothing "
+                       "to plan (plans are for the paper's models)")
+            return
         origin = planning.provenance(profile)
         found = planning.check_inputs(p, origin["required"]) if check_files else []
         from fraqat.models.folder import read_prompts

@@ -154,3 +154,8 @@ def test_flow_dry_run_is_the_plan_and_runs_nothing(capfd):
     err = capfd.readouterr().err
     assert "fraqat plan: not set: prompts_path" in err and "Traceback" not in err
     assert (ROOT / "params.yaml").read_bytes() == before
+
+
+def test_the_embedded_default_has_nothing_to_plan():
+    res = runner.invoke(app, ["plan", "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 0 and "nothing to plan" in res.stdout

@@ -189,7 +189,8 @@ def paper(root: Path) -> str:
     meta = json.loads(acts_path.read_text()) if acts_path else {}
     measured = ", ".join(needs.SPECS[k].label for k in acts)
     return "\n".join(rows) + (
-        f"\n\n`fraqat plan --profile NAME --gpus {H200} --no-check-files` for each profile. "
+        f"\n\n`fraqat plan --profile NAME --gpus {H200} --no-check-files` for each profile "
+        "(1,000 prompts; no disk limit). "
         f"Training memory: each family's transformer trained at full size with random weights "
         f"(`{acts_path.relative_to(root) if acts_path else '-'}`, {meta.get('device', '-')}, "
         f"{meta.get('date', '-')}; measured: {measured}; the others scaled by tokens × depth × "
