@@ -6,6 +6,8 @@
 # step benchmark's timed rounds (its JSON is rewritten after every round, so a cut run keeps
 # what it finished). The tests run last, in five groups side by side (16 cores; each group
 # uses little of the GPU), each with its own time limit ($TEST_SECONDS, default 170) and log.
+# Run the tests after the timed parts (or in a call of their own), never beside them: they slow
+# the builds and perturb the timings. The torchrun tests need clean-fid (carry its wheel).
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [PARTS] [STEP_SECONDS]}
 parts=${2:-inference,step,tests}
