@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
 
         backend_of(params).check_inputs(params)  # a real model's folder and prompts, up front
         module = importlib.import_module(f"fraqat.stages.{stage}")
+        from fraqat.train import launch
+
+        if getattr(module, "DISTRIBUTED", False) and params.train.processes > 1 \
+                and not launch.launched():
+            raise typer.Exit(launch.relaunch(params.train.processes, sys.argv[1:]))
         from fraqat.threads import pin_threads
 
         pin_threads()  # numbers independent of the machine's core count

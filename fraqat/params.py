@@ -99,6 +99,7 @@ class TrainParams(_Strict):
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay the step on CUDA
     autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on the CPU
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicas or shards (FSDP2)
+    processes: int = Field(1, ge=1)  # > 1: train and tune restart under torchrun, one per GPU
     gradient_checkpointing: bool = False  # real models: recompute activations in backward
 
 

@@ -168,6 +168,8 @@ class Layout:
             out.append(f"train.gradient_checkpointing={str(self.ckpt).lower()}")
         if self.gpus > 1 and self.sharded != (params.train.parallel == "fsdp"):
             out.append(f"train.parallel={'fsdp' if self.sharded else 'ddp'}")
+        if self.gpus != params.train.processes:
+            out.append(f"train.processes={self.gpus}")
         if self.batch != params.train.batch_size:
             out.append(f"train.batch_size={self.batch}")
         return out
@@ -179,8 +181,8 @@ def train_gib(model: str, layout: Layout, resolution: int, acts: dict, ref: dict
 
 
 def configured(params: Params, m: Machine) -> Layout:
-    """The layout ``params`` asks for on ``m`` (all its GPUs under torchrun when > 1)."""
-    gpus = max(1, m.gpus)
+    """The layout ``params`` asks for: ``train.processes`` GPUs (torchrun ranks)."""
+    gpus = params.train.processes
     return Layout(gpus, gpus > 1 and params.train.parallel == "fsdp",
                   params.train.gradient_checkpointing, params.train.batch_size)
 
@@ -191,8 +193,9 @@ def alternatives(params: Params, m: Machine) -> list[Layout]:
     gpus = max(1, m.gpus)
     out = [replace(base, ckpt=True)]
     if gpus > 1:
-        out += [replace(base, sharded=True), replace(base, sharded=True, ckpt=True)]
-    out += [replace(base, sharded=gpus > 1, ckpt=True, batch=b)
+        out += [replace(base, gpus=gpus, sharded=True),
+                replace(base, gpus=gpus, sharded=True, ckpt=True)]
+    out += [replace(base, gpus=gpus, sharded=gpus > 1, ckpt=True, batch=b)
             for b in (4, 2, 1) if b < base.batch]
     return out
 
@@ -246,20 +249,21 @@ def plan(params: Params, m: Machine, prompts: int, acts: dict | None = None,
     label = needs.SPECS[model].label
     if m.gpus == 0:
         refusal = "no CUDA GPU here (plan for one with --gpus NxGIB, e.g. --gpus 1x80)"
+    elif params.train.processes > m.gpus:
+        refusal = (f"train.processes: {params.train.processes} needs one GPU per process, "
+                   f"{m.gpus} here; change: --set train.processes={m.gpus} (or plan for "
+                   f"another machine with --gpus NxGIB)")
     elif need > gib * HEADROOM:
         better = next((a for a in alternatives(params, m)
                        if train_gib(model, a, params.resolution, acts, ref) <= gib * HEADROOM),
                       None)
         if better is not None:
-            fix = f"--set {' '.join(better.settings(params))}"
-            if better.gpus > 1:
-                fix += f" and run train under torchrun --nproc-per-node {better.gpus}"
-            fix += (f" ({better.words()}: "
+            fix = (f"--set {' '.join(better.settings(params))} ({better.words()}: "
                     f"{train_gib(model, better, params.resolution, acts, ref):.0f} GiB/GPU)")
         else:
             n = fitting_gpus(model, params, gib, acts, ref)
-            fix = (f"use >= {n} such GPUs with --set train.parallel=fsdp "
-                   "train.gradient_checkpointing=true under torchrun" if n else
+            fix = (f"use >= {n} such GPUs with --set train.parallel=fsdp train.processes={n} "
+                   "train.gradient_checkpointing=true" if n else
                    "use GPUs with more memory")
         refusal = (f"{label} training needs {need:.0f} GiB per GPU ({lay.words()}), more "
                    f"than {HEADROOM:.0%} of {gib:g} GiB; change: {fix}")

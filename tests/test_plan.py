@@ -69,7 +69,7 @@ def test_preflight_passes_its_checks_on_tiny_folders(name, inputs, tiny_pipeline
     model = profiles.overrides(name)["model"]
     sets = {**inputs, "model_path": str(tiny_pipeline_dir(FAMILY[model]))}
     if model == "flux-schnell":  # 177 GiB of fp32 weights, grads and AdamW: sharded
-        sets["train.parallel"] = "fsdp"
+        sets.update({"train.parallel": "fsdp", "train.processes": "8"})
     res = _plan(name, sets, "--gpus", "8x141")
     assert res.exit_code == 0, res.output
     out = res.stdout
@@ -85,7 +85,7 @@ def test_refuses_a_machine_too_small_in_one_line(inputs, tiny_pipeline_dir):
     assert res.exit_code == 2
     line = res.stderr.strip()
     assert "\n" not in line and "Traceback" not in res.output
-    assert "Sana-1.6B training needs" in line and "torchrun" in line and "fsdp" in line
+    assert "Sana-1.6B training needs" in line and "train.processes=" in line and "fsdp" in line
 
 
 def test_suggests_checkpointing_where_it_is_enough(inputs, tiny_pipeline_dir):
@@ -126,6 +126,21 @@ def test_bad_machine_names_and_no_gpu(monkeypatch, tmp_path):
         profiles.overrides("paper-sana-600m")))
     result = plan.plan(p, m, prompts=100)
     assert not result.fits and "no CUDA GPU" in (result.refusal or "")
+
+
+def test_processes_are_the_gpus_the_run_uses(tmp_path):
+    p = load_params(ROOT / "params.yaml", overrides=profiles.flat(
+        profiles.overrides("paper-flux-schnell")))
+    eight = plan.Machine(8, 141.0, 2000.0, "8 x 141 GiB")
+    refused = plan.plan(p, eight, prompts=100)  # one process: the whole state on one GPU
+    assert not refused.fits and "train.processes=8" in (refused.refusal or "")
+    sharded = p.model_copy(update={"train": p.train.model_copy(
+        update={"processes": 8, "parallel": "fsdp"})})
+    fits = plan.plan(sharded, eight, prompts=100)
+    assert fits.fits and fits.layout.gpus == 8 and fits.layout.sharded
+    two = plan.plan(sharded, plan.Machine(2, 141.0, 2000.0, "2 x 141 GiB"), prompts=100)
+    assert not two.fits and "train.processes: 8 needs one GPU per process, 2 here" in (
+        two.refusal or "")
 
 
 def test_memory_rule_reproduces_the_measurement():

@@ -19,6 +19,7 @@ from fraqat.train.runs import save_run
 from fraqat.train.student import peak_lr, train_student
 
 log = logging.getLogger(__name__)
+DISTRIBUTED = True  # train.processes > 1 runs this stage under torchrun (fraqat.train.launch)
 
 
 def run(params: Params, method: str, seed: int) -> None:

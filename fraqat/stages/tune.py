@@ -17,9 +17,11 @@ from fraqat.errors import FraqatError
 from fraqat.io import write_json
 from fraqat.models.registry import load_teacher
 from fraqat.params import Params
+from fraqat.train import distributed
 from fraqat.train.student import choose_lr, train_student, tuned_methods
 
 log = logging.getLogger(__name__)
+DISTRIBUTED = True  # train.processes > 1 runs this stage under torchrun (fraqat.train.launch)
 
 
 def run(params: Params) -> None:
@@ -37,9 +39,11 @@ def run(params: Params) -> None:
         out["chosen"] = {m: params.train.lr for m in methods}
         write_json(paths.TUNE, out)
         return
+    distributed.init_from_env(params.device)  # under torchrun: every rank trains each point
     backend = backend_of(params)
     val = backend.validation_set(params, load_teacher(paths.TEACHER))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as own:
+        tmp = distributed.broadcast_path(own)  # one folder for all ranks (sharded checkpoints)
         for method in methods:
             losses, stab = {}, {}
             for lr in grid:
@@ -61,4 +65,6 @@ def run(params: Params) -> None:
             out["stability"][method] = {f"{lr:g}": v for lr, v in stab.items()}
             out["chosen"][method] = choose_lr(losses)
             log.info("tune %s: lr %g", method, out["chosen"][method])
-    write_json(paths.TUNE, out)
+        distributed.barrier()
+    if distributed.is_main():
+        write_json(paths.TUNE, out)

@@ -69,6 +69,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def broadcast_path(path: str) -> str:
+    """Rank 0's ``path`` on every rank (one scratch folder that all ranks write into)."""
+    if world_size() == 1:
+        return path
+    box = [path]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

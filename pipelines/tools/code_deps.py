@@ -69,10 +69,21 @@ def closure(start: Path) -> set[Path]:
     return seen
 
 
+def distributed(path: Path) -> bool:
+    """The stage module sets ``DISTRIBUTED = True``: the CLI may restart it under torchrun."""
+    return any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "DISTRIBUTED"
+                                                 for t in n.targets)
+               and getattr(n.value, "value", False) is True
+               for n in ast.parse(path.read_text()).body)
+
+
 def stage_code(stage: dict) -> set[str]:
     sub = stage["cmd"].split()[1]
-    files = (closure(PACKAGE / "stages" / f"{sub}.py") | closure(PACKAGE / "params.py")
+    module = PACKAGE / "stages" / f"{sub}.py"
+    files = (closure(module) | closure(PACKAGE / "params.py")
              | closure(PACKAGE / "threads.py"))  # the CLI pins every stage's threads
+    if distributed(module):
+        files |= closure(PACKAGE / "train" / "launch.py")
     return {str(f.relative_to(ROOT)) for f in files}
 
 

@@ -57,6 +57,23 @@ def test_two_gloo_processes_match_one(project):
         assert float(a[1]) == pytest.approx(float(b[1]), rel=1e-3)  # same global-batch loss
 
 
+def test_processes_param_restarts_train_and_tune_under_torchrun(tmp_path):
+    """``train.processes: 2``: the plain stage commands run as two gloo ranks (one command)."""
+    project = make_tiny_project(tmp_path, {
+        "train": {"steps": 6, "batch_size": 8, "checkpoint_every": 5, "probe_every": 3,
+                  "probe_samples": 16, "processes": 2},
+        "tune": {"lr_grid": [1e-3, 3e-3], "steps": 3}, "methods": ["qat"]})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    for args in (["tune"], ["train", "--method", "qat", "--seed", "0"]):
+        done = subprocess.run([sys.executable, "-m", "fraqat.cli", *args], cwd=project,
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    tuned = read_json(project / paths.TUNE)
+    assert set(tuned["losses"]["qat"]) == {"0.001", "0.003"} and tuned["chosen"]["qat"] > 0
+    assert read_json(project / paths.train_metrics("qat", 0))["world_size"] == 2
+
+
 def test_resolve_device():
     assert distributed.resolve_device("cpu") == torch.device("cpu")
     # CPU runs use gloo where GPUs are visible too (two CPU ranks on a one-GPU machine)
