@@ -47,6 +47,7 @@ from pipelines.experiments.regime_map import regime_map
 OUT = Path("reports/regime")
 GPU_JSON = OUT / "gpu.json"  # regime_gpu's result, copied back from the GPU machine
 RUNS_CSV = OUT / "regime_runs.csv"  # one row per (cell, method, seed), written by collect
+CPU_JSON = OUT / "cpu.json"  # regime_device's CPU half, when it produced the CPU cells
 HIGH_LR = {"tune.lr_grid": "[0.003]"}  # one high rate for every method: no tuning
 BASE = {"methods": "[qat,qat-warmup,fraqat-late,fraqat-late-warmup]",
         "schedule.control_of": "fraqat-late",
@@ -246,17 +247,41 @@ def gpu_section(gpu: dict) -> str:
     return "\n".join(lines + [verdict(table), "", table_markdown(table, ARMS), ""])
 
 
+def cpu_source(cpu: dict | None) -> str:
+    """Where the CPU cells ran: DVC experiments, or ``regime_device``'s CPU half (with the
+    check of its runner against the committed default run, a `dvc repro` of the same recipe)."""
+    if not cpu:
+        return "DVC experiments (`python -m pipelines.experiments.regime queue`) on the 2-core CPU"
+    text = (f"`python -m pipelines.experiments.regime_device` on the GPU machine's host CPU "
+            f"({cpu.get('device', '?')}, torch {cpu.get('torch', '?')}, {cpu.get('started', '?')};"
+            f" one torch thread per run, {cpu.get('jobs', '?')} runs at a time): the pipeline's own"
+            " stages without DVC, with the DVC experiments' params")
+    check = [r for r in cpu.get("runs", []) if r["cell"] in CHECK_CELL and r["status"] == "ok"]
+    ref = Path("reports/train/qat-s0.json")
+    if check and ref.exists():
+        mine, dvc = check[0]["final_target_loss"], json.loads(ref.read_text())["final_target_loss"]
+        text += (f"; the default table's `qat` seed 0 run again there gives held-out loss "
+                 f"{mine:.7g}, `dvc repro` on the 2-core CPU {dvc:.7g} "
+                 f"({delta_pct(mine, dvc):+.2g} %)")
+    return text
+
+
+CHECK_CELL = ("check-default-qat",)
+
+
 def render(table: pd.DataFrame, gpu: dict | None = None,
-           cpu_runs: pd.DataFrame | None = None) -> str:
+           cpu_runs: pd.DataFrame | None = None, cpu: dict | None = None) -> str:
     """regime.md: the map (``pipelines.experiments.regime_map``), the CPU and GPU tables.
-    ``cpu_runs``: the per-seed rows behind ``table`` (``regime_runs.csv``), for the factorial."""
+    ``cpu_runs``: the per-seed rows behind ``table`` (``regime_runs.csv``), for the factorial;
+    ``cpu``: ``regime_device``'s CPU JSON, when it produced them (which machine)."""
     machines = {"CPU": (table, cpu_runs)}
     if gpu and len(gpu_runs(gpu)):
         machines["GPU"] = (summarize(gpu_runs(gpu)), gpu_runs(gpu))
     return "\n".join([
         "# The paper's regime: outliers, lower bits, a high learning rate, stability", "",
-        "DVC experiments of the whole pipeline "
-        "(`python -m pipelines.experiments.regime queue`), one "
+        f"Machines: CPU cells = {cpu_source(cpu)}; GPU cells = "
+        "`python -m pipelines.experiments.regime_gpu` / `regime_device` on the GPU (below). "
+        "The cells run the whole pipeline up to `train`, one "
         "learning rate for every method (no tuning: the rate is the regime), held-out loss at "
         "the target bits (the train stage's probe of the held-out split; the cells stop at "
         "`train`, so the outcome uses the held-out loss alone). Ratio = geometric mean over "
@@ -272,7 +297,7 @@ def render(table: pd.DataFrame, gpu: dict | None = None,
         "step. `*-outliers-*`: the teacher's value/output and GLU channel pairs rescaled "
         "(1.5 % of the channels × 50, same FP function; `fraqat/models/outliers.py`).", "",
         regime_map(machines, gpu, read_fair(), cpu_scope()),
-        "## CPU cells (DVC experiments)", "", verdict(table), "", table_markdown(table, ARMS),
+        "## CPU cells", "", f"Source: {cpu_source(cpu)}.", "", verdict(table), "", table_markdown(table, ARMS),
         "", *([gpu_section(gpu)] if gpu else [])])
 
 
@@ -329,6 +354,10 @@ def read_fair() -> dict | None:
         if path.exists() else None
 
 
+def read_cpu() -> dict | None:
+    return json.loads(CPU_JSON.read_text()) if CPU_JSON.exists() else None
+
+
 def read_gpu() -> dict | None:
     return json.loads(GPU_JSON.read_text()) if GPU_JSON.exists() else None
 
@@ -348,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "render":
         write_text(OUT / "regime.md", render(read_table(OUT / "regime.csv"), read_gpu(),
-                                             read_runs()))
+                                             read_runs(), read_cpu()))
         print(f"wrote {OUT}/regime.md")
         return 0
     show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"],
