@@ -297,8 +297,8 @@ def render(table: pd.DataFrame, gpu: dict | None = None,
         "step. `*-outliers-*`: the teacher's value/output and GLU channel pairs rescaled "
         "(1.5 % of the channels × 50, same FP function; `fraqat/models/outliers.py`).", "",
         regime_map(machines, gpu, read_fair(), cpu_scope()),
-        "## CPU cells", "", f"Source: {cpu_source(cpu)}.", "", verdict(table), "", table_markdown(table, ARMS),
-        "", *([gpu_section(gpu)] if gpu else [])])
+        "## CPU cells", "", f"Source: {cpu_source(cpu)}.", "", verdict(table), "",
+        table_markdown(table, ARMS), "", *([gpu_section(gpu)] if gpu else [])])
 
 
 def cpu_scope(path: Path = Path("params.yaml")) -> float | None:
