@@ -31,6 +31,13 @@ def cell_factorial(runs: pd.DataFrame | None, cell: str) -> dict[str, dict | Non
     return None if factorial.missing_arms(values) else factorial.effects(values)
 
 
+def seeds_of(by: dict[str, dict]) -> tuple[int, int]:
+    """The fewest and most seeds among a cell's arms: a cell is used by a verdict only
+    where a comparison has >= 5 seeds, so the map shows the range, not qat's count."""
+    n = [int(r["seeds"]) for r in by.values()]
+    return min(n), max(n)
+
+
 def _vs(row: dict | None) -> str:
     if row is None:
         return "not run"
@@ -55,8 +62,8 @@ def scope(machines: Machines, gpu: dict | None, cpu_params_m: float | None,
     cells a verdict uses (``used_only``) or all."""
     sizes, images = [], []
     for machine, (table, _) in machines.items():
-        if used_only and not (table["seeds"] >= 5).any():
-            continue
+        if used_only and not ((table["seeds"] >= 5) & (table["method"] != "qat")).any():
+            continue  # a verdict uses a comparison with >= 5 paired seeds, not qat alone
         if machine == "CPU" and cpu_params_m:
             sizes.append(cpu_params_m)
             images.append(IMAGES["digits"])
@@ -197,7 +204,8 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
             fx = facts[f"{machine}/{cell}"] = cell_factorial(runs, cell)
             rows.append((cell, machine, by))
             fx_text = " / ".join(fmt_effect(e) for e in fx.values()) if fx else "not run"
-            lines.append([machine, cell, str(by["qat"]["seeds"]),
+            lo, hi = seeds_of(by)
+            lines.append([machine, cell, str(lo) if lo == hi else f"{lo}–{hi}",
                           fmt(by["qat"]["teacher_absmax_over_std"], 1),
                           *(_vs(by.get(m)) for m in VS_QAT), fx_text, _spikes(by),
                           " / ".join(f"{by[m]['divergence_rate']:.0%}" if m in by else "-"
@@ -211,7 +219,7 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
     if not rows:
         return ""
     where = scope(machines, gpu, cpu_params_m)
-    few = [f"`{c}` ({m})" for c, m, by in rows if by["qat"]["seeds"] < 5]
+    few = [f"`{c}` ({m})" for c, m, by in rows if seeds_of(by)[0] < 5]
     no_arm = [f"`{c}` ({m})" for c, m, by in rows if "fraqat-late-warmup" not in by]
     findings = [
         *(outcome_counts(rows, m, where) for m in VS_QAT),
@@ -220,7 +228,8 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
         stability_reading(rows, gpu),
         "- Outlier damage (held-out loss with outliers / without, same cell otherwise): "
         + ("; ".join(damage) if damage else "no paired cells") + ".",
-        *([f"- Not used by any verdict (fewer than 5 seeds): {', '.join(few)}."] if few else []),
+        *([f"- Not used by any verdict (an arm with fewer than 5 seeds): {', '.join(few)}."]
+          if few else []),
         *([f"- Not run: `fraqat-late-warmup` in {len(no_arm)} of {len(rows)} cells "
            f"({', '.join(no_arm)}); there the factorial's effects are not measured."]
           if no_arm else []),
