@@ -42,6 +42,7 @@ from fraqat.report.tables import fmt, fmt_delta, markdown_table
 from fraqat.report.words import fmt_effect
 from pipelines.experiments.exp_files import metrics_at
 from pipelines.experiments.grid import OUTLIERS, exp_run_command
+from pipelines.experiments.regime_map import cpu_source as _cpu_source
 from pipelines.experiments.regime_map import regime_map
 
 OUT = Path("reports/regime")
@@ -247,28 +248,6 @@ def gpu_section(gpu: dict) -> str:
     return "\n".join(lines + [verdict(table), "", table_markdown(table, ARMS), ""])
 
 
-def cpu_source(cpu: dict | None) -> str:
-    """Where the CPU cells ran: DVC experiments, or ``regime_device``'s CPU half (with the
-    check of its runner against the committed default run, a `dvc repro` of the same recipe)."""
-    if not cpu:
-        return "DVC experiments (`python -m pipelines.experiments.regime queue`) on the 2-core CPU"
-    text = (f"`python -m pipelines.experiments.regime_device` on the GPU machine's host CPU "
-            f"({cpu.get('device', '?')}, torch {cpu.get('torch', '?')}, {cpu.get('started', '?')};"
-            f" one torch thread per run, {cpu.get('jobs', '?')} runs at a time): the pipeline's own"
-            " stages without DVC, with the DVC experiments' params")
-    check = [r for r in cpu.get("runs", []) if r["cell"] in CHECK_CELL and r["status"] == "ok"]
-    ref = Path("reports/train/qat-s0.json")
-    if check and ref.exists():
-        mine, dvc = check[0]["final_target_loss"], json.loads(ref.read_text())["final_target_loss"]
-        text += (f"; the default table's `qat` seed 0 run again there gives held-out loss "
-                 f"{mine:.7g}, `dvc repro` on the 2-core CPU {dvc:.7g} "
-                 f"({delta_pct(mine, dvc):+.2g} %)")
-    return text
-
-
-CHECK_CELL = ("check-default-qat",)
-
-
 def render(table: pd.DataFrame, gpu: dict | None = None,
            cpu_runs: pd.DataFrame | None = None, cpu: dict | None = None) -> str:
     """regime.md: the map (``pipelines.experiments.regime_map``), the CPU and GPU tables.
@@ -277,9 +256,10 @@ def render(table: pd.DataFrame, gpu: dict | None = None,
     machines = {"CPU": (table, cpu_runs)}
     if gpu and len(gpu_runs(gpu)):
         machines["GPU"] = (summarize(gpu_runs(gpu)), gpu_runs(gpu))
+    source = _cpu_source(cpu, list(table["cell"].unique()), CELLS)
     return "\n".join([
         "# The paper's regime: outliers, lower bits, a high learning rate, stability", "",
-        f"Machines: CPU cells = {cpu_source(cpu)}; GPU cells = "
+        f"Machines: CPU cells = {source}; GPU cells = "
         "`python -m pipelines.experiments.regime_gpu` / `regime_device` on the GPU (below). "
         "The cells run the whole pipeline up to `train`, one "
         "learning rate for every method (no tuning: the rate is the regime), held-out loss at "
@@ -297,7 +277,8 @@ def render(table: pd.DataFrame, gpu: dict | None = None,
         "step. `*-outliers-*`: the teacher's value/output and GLU channel pairs rescaled "
         "(1.5 % of the channels × 50, same FP function; `fraqat/models/outliers.py`).", "",
         regime_map(machines, gpu, read_fair(), cpu_scope()),
-        "## CPU cells", "", f"Source: {cpu_source(cpu)}.", "", verdict(table), "",
+        "## CPU cells", "", f"Source: {source}.",
+        "", verdict(table), "",
         table_markdown(table, ARMS), "", *([gpu_section(gpu)] if gpu else [])])
 
 

@@ -64,15 +64,26 @@ def cpu_profile(seeds: list[int], base: Path = regime_gpu.ROOT / "params.yaml") 
 
 
 def ingest(cpu_json: Path, out: Path = regime.OUT) -> pd.DataFrame:
-    """The CPU half's JSON as the CPU cells' files: ``regime_runs.csv`` (per seed),
-    ``regime.csv`` (per cell and method) and ``cpu.json`` (which machine, which call); the
-    check cell stays in ``cpu.json`` only."""
+    """The CPU half's JSON into the CPU cells' files: its cells replace theirs in
+    ``regime_runs.csv`` (per seed) and ``regime.csv`` (per cell and method), other cells
+    stay; ``cpu.json`` says which machine and call produced them. The check cell stays in
+    ``cpu.json`` only."""
     result = json.loads(cpu_json.read_text())
     df = regime.gpu_runs(result)
     df = df[df["cell"].isin(list(regime.CELLS))].reset_index(drop=True)
+    new = list(dict.fromkeys(df["cell"]))
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / regime.RUNS_CSV.name, index=False)
-    regime.write_table(regime.summarize(df), out / "regime.csv")
+    table, csv, runs_csv = regime.summarize(df), out / "regime.csv", out / regime.RUNS_CSV.name
+    if csv.exists():
+        old = regime.read_table(csv)
+        order = list(dict.fromkeys([*old["cell"], *new]))
+        table = pd.concat([old[~old["cell"].isin(new)], table], ignore_index=True)
+        table = table.sort_values("cell", key=lambda c: c.map(order.index), kind="stable")
+    if runs_csv.exists():
+        kept = pd.read_csv(runs_csv)
+        df = pd.concat([kept[~kept["cell"].isin(new)], df], ignore_index=True)
+    df.to_csv(runs_csv, index=False)
+    regime.write_table(table.reset_index(drop=True), csv)
     write_text(out / regime.CPU_JSON.name, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return df
 

@@ -5,6 +5,10 @@ those numbers, scoped to the teachers measured and no stronger than their interv
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
 import pandas as pd
 
 from fraqat.report import factorial
@@ -237,3 +241,31 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
         "*tuned* QAT; these cells hold the rate fixed and measure the held-out loss only. "
         + fair_promotion(fair)]
     return "\n".join(["## Regime map", "", markdown_table(head, lines), "", *findings, ""])
+
+
+def cpu_source(cpu: dict | None, cells: list[str], known: Iterable[str]) -> str:
+    """Which machine and path produced which CPU cells: DVC experiments, or (its cells)
+    ``regime_device``'s CPU half, with its run of the default table's recipe beside the
+    committed ``dvc repro`` one where it made that run."""
+    dvc = "DVC experiments (`python -m pipelines.experiments.regime queue`) on the 2-core CPU"
+    mine = [c for c in (cpu or {}).get("cell_order", []) if c in set(known)]
+    if not mine:
+        return dvc
+    text = (f"{', '.join(f'`{c}`' for c in mine)}: `python -m pipelines.experiments."
+            f"regime_device` ({cpu.get('device', '?')}, torch {cpu.get('torch', '?')}, "
+            f"{cpu.get('started', '?')}; one torch thread per run): the pipeline's own stages "
+            "without DVC, with the DVC experiments' params, per-seed values kept")
+    rest = [c for c in cells if c not in mine]
+    if rest:
+        text += f"; the other {len(rest)} cells: {dvc} (per-seed values not kept)"
+    check = [r for r in cpu.get("runs", []) if r["cell"] in CHECK_CELL and r["status"] == "ok"]
+    ref = Path("reports/train/qat-s0.json")
+    if check and ref.exists():
+        run = check[0]["final_target_loss"]
+        dvc_loss = json.loads(ref.read_text())["final_target_loss"]
+        text += (f"; the default table's `qat` seed 0 run this way gives held-out loss "
+                 f"{run:.7g}, its `dvc repro` run {dvc_loss:.7g}")
+    return text
+
+
+CHECK_CELL = ("check-default-qat",)

@@ -104,7 +104,8 @@ def test_render_from_csv_with_gpu(tmp_path, monkeypatch) -> None:
     regime.GPU_JSON.write_text(json.dumps(gpu_json()))
     assert regime.main(["render"]) == 0
     md = (regime.OUT / "regime.md").read_text()
-    assert "## GPU machine" in md and "Not used by any verdict (an arm with fewer than 5 seeds)" in md
+    assert "## GPU machine" in md
+    assert "Not used by any verdict (an arm with fewer than 5 seeds)" in md
 
 
 def test_a_summary_without_per_seed_values_gets_the_raw_interval(tmp_path) -> None:

@@ -28,16 +28,16 @@ def test_cpu_cells_are_the_dvc_cells_with_the_fixed_rate_as_train_lr() -> None:
 RATIO = [1.08, 1.12, 1.1, 1.09, 1.11]
 
 
-def _cpu_json() -> dict:
+def _cpu_json(cell: str = "w4-lr3e-3") -> dict:
     runs = [{"cell": cell, "method": m, "seed": s, "status": "ok", "teacher": "teacher-0",
              "final_target_loss": 0.02 * (1 + 0.01 * s) * (RATIO[s] if m == "fraqat-late" else 1),
              "max_spike": 2.0, "first_update_spike": 2.0, "stage_start_spike": 1.5,
              "steady_spike": 1.1, "max_spike_step": 1, "diverged": False, "final_loss": 0.02,
              "lr": 0.003}
-            for cell in ("w4-lr3e-3", "check-default-qat") for m in regime.ARMS
+            for cell in (cell, "check-default-qat") for m in regime.ARMS
             for s in range(5)]
     return {"device": "cpu (16 cores, Test CPU)", "torch": "2.x", "started": "t", "jobs": 12,
-            "cells": {}, "cell_order": ["w4-lr3e-3"], "profile": {"methods": list(regime.ARMS)},
+            "cells": {}, "cell_order": [cell], "profile": {"methods": list(regime.ARMS)},
             "teachers": {"teacher-0": {"max_absmax_over_std": 4.6, "max_kurtosis": 3.0}},
             "runs": runs}
 
@@ -55,6 +55,10 @@ def test_ingest_writes_per_seed_cpu_files_and_names_the_machine(tmp_path: Path) 
     assert effect["ratio"] == pytest.approx(geo) and "raw" not in effect  # exact, per seed
     md = regime.render(table.reset_index(), None, df, _cpu_json())
     assert "Test CPU" in md and "regime_device" in md
+    src.write_text(json.dumps(_cpu_json("w3-lr3e-3")))  # a second call's cell joins the first
+    df = ingest(src, tmp_path / "regime")
+    table = regime.read_table(tmp_path / "regime" / "regime.csv")
+    assert list(table["cell"].unique()) == ["w4-lr3e-3", "w3-lr3e-3"] and len(df) == 40
 
 
 @pytest.mark.slow
