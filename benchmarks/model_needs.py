@@ -1,20 +1,11 @@
-"""What a user with the real weights needs per model, scaled from the measured Sana-600M run.
+"""What a user with the real weights needs per model, for the assumed paper-size run.
 
 :mod:`benchmarks.pipeline_stages` measures every stage of the Sana-600M pipeline (random
-weights) on one GPU; :func:`project` scales those numbers to each model's parameter count
-(full-size configs built on the meta device: nothing is downloaded or allocated) and token
-count at 1024 px, for an *assumed* paper-size run (:data:`PAPER_RUN`: the paper's step count
-and batch are not in the project's notes). The scaling model, first order:
-
-- training memory = 16 B/param (fp32 weights + grads + AdamW's two moments)
-  + the measured activation part × (tokens × depth × width) ratio × batch ratio;
-- calibrate / evaluate memory = 4 B/param of the whole fp32 pipeline on the GPU (the stages
-  load it so) and of the quantized transformer ``evaluate`` loads beside it, + the activation
-  part measured with the pipeline alone (``calibrate``, ``evaluate fp``) × the same ratio;
-- time of every stage ∝ transformer params × tokens per sample (the FLOPs of its linear
-  layers; attention's quadratic part is left out), from the measured seconds per unit of work;
-- disk = the bf16 checkpoint (2 B/param) + calibration points (fp32 latents) and encoded
-  prompts (fp32) + the bf16 teacher cache + fp32 students + float16 sample images.
+weights) on one GPU; :func:`project` turns that into each model's memory, disk and hours for
+an *assumed* paper-size run (:data:`PAPER_RUN`: the paper's step count and batch are not in
+the project's notes) by the rules of :mod:`fraqat.needs` (one copy, which ``fraqat plan``
+uses too). This module keeps the meta-device builds of the full-size configs
+(:func:`param_counts`) that ``tests/benchmarks`` checks :data:`fraqat.needs.SPECS` against.
 
 The small measured run carries fixed costs (model loading, CUDA-graph capture) into its
 seconds per unit, so the hours lean high.
@@ -22,15 +13,15 @@ seconds per unit, so the hours lean high.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 
 import torch
 
 from benchmarks.configs import DC_AE_SANA, PIXART_SIGMA, SANA_600M
+from fraqat import needs
 
-GB = 1e9
-GIB = 2**30
+GB, GIB = needs.GB, needs.GIB
 PAPER_RUN = dict(resolution=1024, steps=10_000, batch=8, methods=2, seeds=1, points=10_000,
                  prompts=1_000, eval_images=1_000)
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
@@ -108,66 +99,31 @@ def tokens(latent: tuple[int, int, int], patch: int, joint: int) -> int:
     return latent[1] * latent[2] // patch**2 + joint
 
 
-def _stage(result: dict, prefix: str) -> list[dict]:
-    return [s for s in result["stages"] if s["stage"].split()[0] == prefix]
-
-
-def reference(result: dict) -> dict:
-    """The measured run's per-unit numbers: bytes of activations, seconds per unit of work."""
-    run = result["run"]
-    n_tr, n_pipe = run["params"]["transformer"], sum(run["params"].values())
-    trained = [m for m, s in run["train_steps"].items() if s > 0]
-    step_s = sum(run["train_wall_seconds"][m] / run["train_steps"][m] for m in trained) / max(
-        1, len(trained))
-    peak = lambda rows: max((r["peak_allocated_gib"] or 0.0) for r in rows) * GIB  # noqa: E731
-    points = run["num_samples"] + run["probe"]
-    evals = _stage(result, "evaluate")
-    return {"transformer": n_tr, "tokens": tokens(tuple(run["latent"]), 1, 0),
-            "depth_width": run["depth_width"], "batch": run["batch"],
-            "train_act_bytes": max(0.0, peak(_stage(result, "train")) - 16 * n_tr),
-            "infer_act_bytes": max(0.0, peak([r for r in evals if r["stage"] == "evaluate fp"]
-                                             + _stage(result, "calibrate")) - 4 * n_pipe),
-            "train_step_s": step_s,
-            "teacher_point_s": _stage(result, "teacher")[0]["wall_s"] / points,
-            "calibrate_point_s": _stage(result, "calibrate")[0]["wall_s"]
-            / (points + run["validation"]),
-            "eval_image_step_s": sum(r["wall_s"] for r in evals)
-            / (len(evals) * run["images"] * run["eval_steps"])}
-
-
-def project(result: dict, paper: dict | None = None) -> dict:
-    """Per-model needs for the paper-size run, from the measured ``result``."""
+def project(result: dict, paper: dict | None = None, acts: dict | None = None) -> dict:
+    """Per-model needs for the paper-size run, from the measured ``result`` by the rules of
+    :mod:`fraqat.needs` (``acts``: per-family training activations; default none, i.e.
+    Sana-600M's scaled)."""
     paper = dict(PAPER_RUN if paper is None else paper)
-    ref, rows = reference(result), []
-    for name, m in _models().items():
-        n = param_counts()[name]
-        tok = tokens(m["latent"], m["patch"], m["joint"])
-        act = tok * n["depth_width"] / (ref["tokens"] * ref["depth_width"])
-        work = n["transformer"] * tok / (ref["transformer"] * ref["tokens"])
-        latent = math.prod(m["latent"])
-        runs = paper["methods"] * paper["seeds"]
-        disk = {"checkpoint": 2 * n["pipeline"],
-                "calibration": 4 * paper["points"] * latent
-                + 4 * paper["prompts"] * m["text"][0] * m["text"][1],
-                "teacher": 2 * paper["points"] * latent,
-                "runs": 4 * n["transformer"] * runs
-                + 2 * 3 * paper["resolution"] ** 2 * paper["eval_images"] * (runs + 1)}
-        seconds = {"calibrate": ref["calibrate_point_s"] * work * paper["points"],
-                   "teacher": ref["teacher_point_s"] * work * paper["points"],
-                   "train": ref["train_step_s"] * work * paper["batch"] / ref["batch"]
-                   * paper["steps"] * runs,
-                   "evaluate": ref["eval_image_step_s"] * work * paper["eval_images"]
-                   * m["eval_steps"] * (runs + 1)}
-        rows.append({"model": name, "transformer_params": n["transformer"],
-                     "pipeline_params": n["pipeline"], "tokens": tok,
-                     "train_static_gib": 16 * n["transformer"] / GIB,
-                     "train_gib": (16 * n["transformer"] + ref["train_act_bytes"] * act
-                                   * paper["batch"] / ref["batch"]) / GIB,
-                     "infer_gib": (4 * (n["pipeline"] + n["transformer"])
-                                   + ref["infer_act_bytes"] * act) / GIB,
+    ref, rows = needs.reference(result), []
+    runs = paper["methods"] * paper["seeds"]
+    run = needs.Run(resolution=paper["resolution"], steps=paper["steps"], batch=paper["batch"],
+                    trained_runs=runs, eval_runs=runs + 1, points=paper["points"],
+                    prompts=paper["prompts"], eval_images=paper["eval_images"], eval_steps=0)
+    for key, spec in needs.SPECS.items():
+        m = dataclasses.replace(run, eval_steps=spec.eval_steps)
+        disk = needs.disk_bytes(key, m)
+        secs = needs.seconds(key, m, ref)
+        secs.pop("tune")
+        secs["evaluate"] = needs.evaluate_upper_seconds(key, m, ref)  # as the block says
+        rows.append({"model": spec.label, "transformer_params": spec.transformer,
+                     "pipeline_params": spec.pipeline, "tokens": needs.tokens(spec),
+                     "train_static_gib": needs.STATIC * spec.transformer / GIB,
+                     "train_gib": needs.train_bytes(key, paper["batch"], paper["resolution"], 1,
+                                                    False, False, acts or {}, ref) / GIB,
+                     "infer_gib": needs.infer_bytes(key, paper["resolution"], ref) / GIB,
                      "disk_gb": {k: v / GB for k, v in disk.items()},
                      "disk_total_gb": sum(disk.values()) / GB,
-                     "hours": {k: v / 3600 for k, v in seconds.items()},
-                     "hours_total": sum(seconds.values()) / 3600,
-                     "eval_steps": m["eval_steps"]})
+                     "hours": {k: v / 3600 for k, v in secs.items()},
+                     "hours_total": sum(secs.values()) / 3600,
+                     "eval_steps": spec.eval_steps})
     return {"paper_run": paper, "reference": ref, "models": rows}

@@ -134,6 +134,47 @@ def export(params: Path = ParamsOpt) -> None:
     _run_stage("export", params)
 
 
+SetOpt = typer.Option(None, "--set", help="KEY=VALUE overrides (more may follow the first)")
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def plan(ctx: typer.Context,
+         profile: str = typer.Option(None, help="a profile of profiles/ (e.g. paper-sana-600m)"),
+         set_: list[str] = SetOpt,
+         gpus: str = typer.Option(None, help="plan for NxGIB GPUs (e.g. 8x80), not this one"),
+         disk_gb: float = typer.Option(None, help="free disk in GB (default: measured here)"),
+         check_files: bool = typer.Option(True, help="check every input path and file"),
+         params: Path = ParamsOpt) -> None:
+    """Preflight: check the inputs, print GPU memory, disk and hours per stage; refuse (exit 2,
+    one line) a run that cannot fit, saying what to change."""
+    set_ = [*(set_ or []), *ctx.args]  # `--set a=1 b=2`, as the flow takes them
+    from fraqat import plan as planning
+    from fraqat.params import load_params
+    from pipelines.workspace import requested
+
+    try:
+        values = requested(profile=profile, overrides=set_ or [], root=params.resolve().parent)
+        p = load_params(params, overrides=values)
+        if p.model not in planning.needs.SPECS:  # the embedded default: minutes on a CPU
+            typer.echo(f"fraqat plan: model {p.model} trains in-project on the CPU; nothing "
+                       "to plan (plans are for the paper's models)")
+            return
+        origin = planning.provenance(profile)
+        found = planning.check_inputs(p, origin["required"]) if check_files else []
+        from fraqat.models.folder import read_prompts
+
+        prompts = len(read_prompts(p.prompts_path)) if check_files else 1000
+        result = planning.plan(p, planning.machine(params.resolve().parent, gpus, disk_gb),
+                               prompts)
+    except FraqatError as exc:
+        typer.echo(f"fraqat plan: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(planning.render(result, profile or str(params), found, origin["values"]))
+    if not result.fits:
+        typer.echo(f"fraqat plan: {result.refusal}", err=True)
+        raise typer.Exit(2)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="fraqat")
 

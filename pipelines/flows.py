@@ -279,9 +279,19 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--write-params", action="store_true",
                     help="write the values into params.yaml (default: run a DVC experiment)")
     ap.add_argument("--targets", nargs="+", help="only these stages and their upstream")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check the inputs and plan GPU memory, disk and hours; run nothing")
     ap.add_argument("--repo", default=".", help="the DVC repo (default: .)")
     ap.add_argument("--name", default="fraqat", help="deployment name for serve")
     return ap
+
+
+def dry_run(root: Path, profile: str | None, overrides: list[str]) -> int:
+    """``fraqat plan`` on the run's values: inputs checked, needs printed, exit code 0 or 2."""
+    cmd = [sys.executable, "-m", "fraqat.cli", "plan", "--params", str(root / "params.yaml")]
+    cmd += [*(["--profile", profile] if profile else []), *(["--set", *overrides]
+                                                             if overrides else [])]
+    return subprocess.run(cmd, cwd=root).returncode
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ParamsError, StageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.dry_run:
+        raise SystemExit(dry_run(root, args.profile, [f"{k}={json.dumps(v)}" for k, v in
+                                                      values.items()]))
     state = fraqat_pipeline(bits=args.bits, methods=args.methods, seeds=args.seeds,
                             profile=args.profile, overrides=args.overrides,
                             write_params=args.write_params, targets=args.targets,

@@ -2,7 +2,7 @@
 
 Every model gets the same ``eval.num_images`` prompts (cycling over the model's prompt list),
 the same seeded noise and the same sampler, so the per-sample difference to the FP samples
-(teacher MSE/PSNR) is the quantization error alone. The backend (:mod:`fraqat.backends`)
+(teacher MSE/PSNR/SSIM) is the quantization error alone. The backend (:mod:`fraqat.backends`)
 generates and scores: the embedded default with the Euler sampler, FID to the held-out digits
 and the digit classifier's prompt accuracy; a real pipeline with its own ``__call__``, FID to
 ``eval.reference_path`` or the FP images and the CLIP score. FID and prompt accuracy
@@ -26,6 +26,7 @@ from fraqat import paths
 from fraqat.backends import Backend, backend_of
 from fraqat.errors import FraqatError
 from fraqat.eval.fidelity import fidelity, model_size_mb
+from fraqat.eval.similarity import ssim
 from fraqat.io import load_tensors, read_metadata, save_tensors, write_json
 from fraqat.methods import REFERENCE
 from fraqat.models.sampling import seeded_noise
@@ -69,7 +70,8 @@ def noise_metrics(noise: torch.Tensor, reference_fp: torch.Tensor,
     mse, psnr = fidelity(noise, reference_fp)
     return {"method": "noise", "seed": None, "weight_bits": None, "act_bits": None,
             **scores(noise), **fields, "teacher_mse": mse, "teacher_psnr": psnr,
-            "heldout_distill_loss": None, "model_size_mb": None, "num_images": e.num_images,
+            "teacher_ssim": ssim(noise, reference_fp), "heldout_distill_loss": None,
+            "model_size_mb": None, "num_images": e.num_images,
             "eval_steps": None}
 
 
@@ -94,7 +96,8 @@ def evaluate(params: Params, backend: Backend, method: str, seed: int) -> None:
     mse, psnr = fidelity(images, reference_fp)
     metrics = {"method": method, "seed": seed, "weight_bits": ev.weight_bits,
                "act_bits": ev.act_bits, **scores(images), **ev.fields, "teacher_mse": mse,
-               "teacher_psnr": psnr, "heldout_distill_loss": float(sq_err.mean()),
+               "teacher_psnr": psnr, "teacher_ssim": ssim(images, reference_fp),
+               "heldout_distill_loss": float(sq_err.mean()),
                "model_size_mb": model_size_mb(ev.model), "num_images": e.num_images,
                "eval_steps": e.steps, "seconds": time.perf_counter() - start}
     noise_row = noise_metrics(seeded_noise(e.num_images, tuple(images.shape[1:]), e.seed),

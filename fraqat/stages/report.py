@@ -28,7 +28,13 @@ from fraqat.report import fair, plots
 from fraqat.report.claim import TESTED, claim_paragraph, tests_markdown
 from fraqat.report.probes import PROBE_POINTS, probe_markdown, probe_summary
 from fraqat.report.stats import BOOTSTRAP_RESAMPLES, log_ratio, paired_bootstrap, paired_ttest
-from fraqat.report.summary import NOISE, comparison_table, markdown_table
+from fraqat.report.summary import (
+    NOISE,
+    comparability,
+    comparison_table,
+    is_pipeline,
+    markdown_table,
+)
 from fraqat.report.tables import isnan as _isnan
 
 log = logging.getLogger(__name__)
@@ -224,6 +230,7 @@ def run(params: Params) -> None:
           "sample std over seeds; teacher PSNR/MSE against the fp samples from the same "
           "prompts and noise; held-out distillation loss = velocity MSE to the teacher on "
           + backend_of(params).probe_description(params),
+          *(["", comparability(first)] if is_pipeline(evals) else []),
           "", markdown_table(table), "",
           "## The fair protocol: each method at its own learning rate", "",
           f"Every method trains at the peak learning rate that gave it the lowest loss on the "

@@ -137,6 +137,90 @@ def needs(root: Path, path: Path | None = None) -> str:
     return "\n".join(rows) + "\n\n" + source
 
 
+H200 = "1x139"  # one H200 as torch reports it: about 139 GiB
+
+
+def paper_profiles(root: Path) -> list[str]:
+    """The paper-* profiles in the paper models' order (``fraqat.needs.SPECS``)."""
+    from fraqat.needs import SPECS
+    from pipelines import profiles
+
+    names = [x for x in profiles.names(root) if x.startswith("paper-")]
+    return sorted(names, key=lambda x: list(SPECS).index(profiles.overrides(x, root)["model"]))
+
+
+def _paper_params(root: Path, name: str):
+    from fraqat.params import load_params
+    from pipelines import profiles
+
+    return load_params(root / "params.yaml",
+                       overrides=profiles.flat(profiles.overrides(name, root)))
+
+
+def paper(root: Path) -> str:
+    """``fraqat plan``'s numbers for each paper profile on one H200 (inputs not checked)."""
+    from fraqat import needs, plan
+
+    acts, acts_path = needs.load_activations(root / "benchmarks/results")
+    try:
+        ref, ref_path = needs.load_reference(root / "benchmarks/results")
+    except FileNotFoundError:
+        ref_path = None
+    if ref_path is None or not paper_profiles(root):
+        return ("*Pending:* `profiles/paper-*.yaml` and the GPU runs of "
+                "`benchmarks/pipeline_stages.py` and `benchmarks/paper_profiles.py`.")
+    n, gib = plan.parse_gpus(H200)
+    m = plan.Machine(n, gib, float("inf"), "one H200")
+    rows = ["| profile | train GiB / GPU (layout) | calibrate, "
+            "evaluate GiB | disk GB | hours: calibrate + teacher + tune + train + evaluate | "
+            "on one H200 |", "|---|---|---|---|---|---|"]
+    uppers: list[tuple[float, float]] = []
+    for name in paper_profiles(root):
+        params = _paper_params(root, name)
+        p = plan.plan(params, m, prompts=1000, acts=acts, ref=ref)
+        h = p.hours
+        uppers.append((p.evaluate_upper_hours, p.hours["evaluate"]))
+        verdict = "fits" if p.fits else "refused: " + (p.refusal or "").split("; change: ")[-1]
+        rows.append(f"| `{name}` | {p.train_gib:.0f} "
+                    f"({p.layout.words().removeprefix('on 1 GPU, ')}; {p.activation_source}) "
+                    f"| {p.infer_gib:.0f} | {p.disk_total_gb:,.0f} | {h['calibrate']:.1f} + "
+                    f"{h['teacher']:.1f} + {h['tune']:.1f} + {h['train']:.1f} + "
+                    f"{h['evaluate']:.1f} = **{sum(h.values()):,.1f}** | {verdict} |")
+    meta = json.loads(acts_path.read_text()) if acts_path else {}
+    measured = ", ".join(needs.SPECS[k].label for k in acts)
+    return "\n".join(rows) + (
+        f"\n\n`fraqat plan --profile NAME --gpus {H200} --no-check-files` for each profile "
+        "(1,000 prompts; no disk limit). "
+        f"Training memory: each family's transformer trained at full size with random weights "
+        f"(`{acts_path.relative_to(root) if acts_path else '-'}`, {meta.get('device', '-')}, "
+        f"{meta.get('date', '-')}; measured: {measured}; the others scaled by tokens × depth × "
+        f"width); hours and calibrate / evaluate memory from `{ref_path.relative_to(root)}`. "
+        "Hours are for one GPU (under FSDP: divided by the GPUs); evaluate's from the forward "
+        "share of the measured training step (the measured 4-image evaluation, pipeline "
+        "loading included, would give up to "
+        f"{max(u / max(e, 1e-9) for u, e in uppers):.0f}× more).")
+
+
+def provenance(root: Path) -> str:
+    """Each value of the paper profiles and where it comes from (profiles/provenance.json)."""
+    from pipelines import profiles
+
+    if not (root / "profiles/provenance.json").is_file():
+        return "*Pending:* `profiles/provenance.json`."
+    data = json.loads((root / "profiles/provenance.json").read_text())
+    names = paper_profiles(root)
+    rows = ["| key | " + " | ".join(x.removeprefix("paper-") for x in names)
+            + " | source |", "|---" * (len(names) + 2) + "|"]
+    flat = {x: profiles.flat(profiles.overrides(x, root)) for x in names}
+    for key in dict.fromkeys(k for x in names for k in flat[x]):
+        origins = {data["profiles"][x].get(key, data["common"].get(key)) for x in names
+                   if key in flat[x]}
+        vals = [f"`{json.dumps(flat[x][key])}`" if key in flat[x] else "-" for x in names]
+        rows.append(f"| `{key}` | " + " | ".join(vals) + " | " + " / ".join(
+            sorted(o for o in origins if o)) + " |")
+    return "\n".join(rows)
+
+
 LAYOUT_DIRS = ("fraqat", "pipelines", "benchmarks")
 
 
@@ -171,11 +255,13 @@ def regime(root: Path) -> str:
 BLOCKS: dict[str, Callable[[Path], str]] = {"finding": finding, "results": results,
                                             "ablation": ablation,
                                             "regime": regime, "export": export, "needs": needs,
-                                            "layout": layout}
+                                            "layout": layout, "paper": paper,
+                                            "provenance": provenance}
 
 
 # The user's README holds the headline; the research detail lives beside the reports.
-FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "results", "export"),
+FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "results", "paper", "export"),
+                                     "docs/paper.md": ("provenance",),
                                      "docs/layout.md": ("layout",),
                                      "reports/README.md": ("ablation", "regime"),
                                      "docs/real-models.md": ("needs",),

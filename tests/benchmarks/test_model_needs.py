@@ -77,3 +77,14 @@ def test_readme_block_renders_the_projection(tmp_path, needs):
     partial.parent.mkdir(parents=True)
     partial.write_text(json.dumps({"meta": result["meta"], "complete": False, "stages": []}))
     assert "Pending" in block(tmp_path / "crashed")  # rows of a run that stopped midway
+
+
+def test_library_specs_match_the_full_size_configs():
+    """fraqat.needs.SPECS (what ``fraqat plan`` reads) against meta-device builds."""
+    from fraqat.needs import SPECS
+
+    counts = param_counts()
+    for spec in SPECS.values():
+        c = counts[spec.label]
+        assert (spec.transformer, spec.pipeline) == (c["transformer"], c["pipeline"])
+        assert spec.depth * spec.width == c["depth_width"]

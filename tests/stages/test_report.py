@@ -235,3 +235,31 @@ def test_no_clip_score_leaves_the_table_as_it_was(tmp_path, monkeypatch):
     assert list(pd.read_csv(paths.COMPARISON_CSV).columns) == CSV_COLUMNS
     assert "CLIP" not in paths.COMPARISON_MD.read_text()
     assert not any(k.startswith("clip_score") for k in json.loads(paths.METRICS.read_text()))
+
+
+def test_pipeline_reports_ssim_and_what_compares_with_the_paper(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake_project(fraqat_fids=(95.0, 96.8))
+    for method in ["fp", *METHODS]:
+        for seed in (0, 1) if method != "fp" else (0,):
+            path = paths.eval_metrics(method, seed)
+            write_json(path, {**json.loads(path.read_text()), "feature_space": "inception",
+                              "fid_reference": "real images", "teacher_ssim": 0.8 + seed / 10})
+    report.run(_params())
+    md = paths.COMPARISON_MD.read_text()
+    assert "| teacher PSNR dB / MSE | SSIM to FP |" in md
+    assert pd.read_csv(paths.COMPARISON_CSV).set_index("method").loc["qat", "teacher_ssim"] \
+        == pytest.approx(0.85)
+    assert "Comparable to the paper: FID is Inception features against real images at 20" in md
+
+
+def test_fid_against_the_fp_images_is_marked_not_comparable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake_project(fraqat_fids=(95.0, 96.8))
+    for method in ["fp", *METHODS]:
+        for seed in (0, 1) if method != "fp" else (0,):
+            path = paths.eval_metrics(method, seed)
+            write_json(path, {**json.loads(path.read_text()),
+                              "fid_reference": "fp pipeline images"})
+    report.run(_params())
+    assert "**not comparable** to the paper's FiD" in paths.COMPARISON_MD.read_text()

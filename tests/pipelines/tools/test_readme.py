@@ -45,9 +45,12 @@ def test_render_replaces_a_stale_block(tmp_path):
              "<!-- regime:start -->\nold\n<!-- regime:end -->\n"
              "<!-- export:start -->\nold\n<!-- export:end -->\n"
              "<!-- needs:start -->\nold\n<!-- needs:end -->\n"
-             "<!-- layout:start -->\nold\n<!-- layout:end -->\n")
+             "<!-- layout:start -->\nold\n<!-- layout:end -->\n"
+             "<!-- paper:start -->\nold\n<!-- paper:end -->\n"
+             "<!-- provenance:start -->\nold\n<!-- provenance:end -->\n")
     out = render(stale, tmp_path)
     assert "Pending the GPU run" in out  # no pipeline-stages JSON in tmp_path
+    assert "*Pending:* `profiles/paper-*.yaml`" in out and "*Pending:* `profiles/prov" in out
     assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
     assert "<!-- regime:start -->\n- map\n<!-- regime:end -->" in out
     assert "<!-- finding:start -->\nmap\n<!-- finding:end -->" in out  # the map's first
