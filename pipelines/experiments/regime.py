@@ -200,6 +200,9 @@ def verdict(table: pd.DataFrame) -> str:
             "loss, Holm-adjusted over the cells with ≥ 5 seeds: " +
             (", ".join(f"`{r.method}` in `{r.cell}`" for r in wins.itertuples())
              if len(wins) else "none") + ".")
+    if (wins["method"] != "fraqat-late").any():
+        text += (" A win of a fractional arm with warm-up is against `qat` without it; the "
+                 "regime map's factorial column separates fractional bits from the warm-up.")
     if len(unused):
         text += (f" Cells with fewer than {MIN_SEEDS} seeds ({', '.join(f'`{c}`' for c in unused)})"
                  " are shown but used by no verdict.")

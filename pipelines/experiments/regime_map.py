@@ -117,28 +117,32 @@ def seeds_reading(rows: list[tuple[str, str, dict]]) -> str:
             + ("; ".join(parts) if parts else "no spread measured") + ".")
 
 
+CONTROL = {"fraqat-late": "qat-warmup", "fraqat-late-warmup": "qat-warmup"}  # warm-up arm
+
+
 def warmup_reading(rows: list[tuple[str, str, dict]], facts: dict[str, dict | None]) -> str:
-    """Where ``fraqat-late`` wins: how ``qat-warmup`` compares, and whether the factorial
-    separates fractional bits from the warm-up in that cell."""
+    """Where a fractional arm wins against ``qat``: how ``qat-warmup`` compares, and whether
+    the factorial separates fractional bits from the warm-up in that cell."""
     out = []
     for cell, machine, by in rows:
-        f, w = by.get("fraqat-late"), by.get("qat-warmup")
-        if not f or f["outcome"] != "wins" or not w or not w["effect_heldout"]:
-            continue
-        fe, we = f["effect_heldout"], w["effect_heldout"]
-        apart = we["ci"][1] < fe["ci"][0]
-        fx = facts.get(f"{machine}/{cell}")
-        bits_fx = fx["fractional bits"] if fx else None
-        bits = (f"the fractional-bits effect at equal warm-up is {fmt_effect(bits_fx)} "
-                f"({READING[side(bits_fx, WIN_PCT)]})" if fx else
-                "whether fractional bits add anything at equal warm-up is not measured "
-                "(`fraqat-late-warmup` not run in this cell)")
-        out.append(f"`{cell}` ({machine}): `fraqat-late` {fmt_effect(fe)} and `qat-warmup` "
-                   f"{fmt_effect(we)} against `qat` (the intervals "
-                   f"{'do not overlap' if apart else 'overlap'}); {bits}")
+        for method, control in CONTROL.items():
+            f, w = by.get(method), by.get(control)
+            if not f or f["outcome"] != "wins" or not w or not w["effect_heldout"]:
+                continue
+            fe, we = f["effect_heldout"], w["effect_heldout"]
+            apart = we["ci"][1] < fe["ci"][0] or fe["ci"][1] < we["ci"][0]
+            fx = facts.get(f"{machine}/{cell}")
+            bits_fx = fx["fractional bits"] if fx else None
+            bits = (f"the fractional-bits effect at equal warm-up is {fmt_effect(bits_fx)} "
+                    f"({READING[side(bits_fx, WIN_PCT)]})" if bits_fx else
+                    "whether fractional bits add anything at equal warm-up is not measured "
+                    "(`fraqat-late-warmup` not run in this cell)")
+            out.append(f"`{cell}` ({machine}): `{method}` {fmt_effect(fe)} and `{control}` "
+                       f"{fmt_effect(we)} against `qat` (the intervals "
+                       f"{'do not overlap' if apart else 'overlap'}); {bits}")
     if not out:
-        return "- `fraqat-late` wins in no cell a verdict uses."
-    return "- Where `fraqat-late` wins: " + "; ".join(out) + "."
+        return "- No fractional arm wins in a cell a verdict uses."
+    return "- Where a fractional arm wins against `qat`: " + "; ".join(out) + "."
 
 
 def stability_reading(rows: list[tuple[str, str, dict]], gpu: dict | None) -> str:
