@@ -23,8 +23,10 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -42,11 +44,12 @@ CHECK = {"check-default-qat": {"train.lr": 3e-4, "tune.lr_grid": [], "methods": 
 TINY_CPU = {k: v for k, v in regime_gpu.TINY.items() if not k.startswith("data")}
 
 
-def cpu_cell(sets: dict[str, object]) -> dict[str, object]:
+def cpu_cell(sets: Mapping[str, object]) -> dict[str, Any]:
     """A DVC experiment's ``-S`` overrides (values as YAML text) as the runner's overrides;
     a one-value ``tune.lr_grid`` is that value as ``train.lr`` with no tuning."""
-    out = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in sets.items()}
-    grid = out.pop("tune.lr_grid", None)
+    out: dict[str, Any] = {k: yaml.safe_load(v) if isinstance(v, str) else v
+                           for k, v in sets.items()}
+    grid: Any = out.pop("tune.lr_grid", None)
     if grid is not None:
         if len(grid) != 1:
             raise ValueError(f"a regime cell tunes over {grid}: only one fixed rate is allowed")
