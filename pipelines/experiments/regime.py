@@ -225,6 +225,13 @@ def gpu_runs(gpu: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def calls_text(gpu: dict) -> str:
+    """`` over 4 device calls (2026-11-28, 2026-12-02)`` for a merged result."""
+    calls = gpu.get("calls") or []
+    days = sorted({c.get("started", "?")[:10] for c in calls})
+    return f" over {len(calls)} device calls ({', '.join(days)})" if len(calls) > 1 else ""
+
+
 def gpu_section(gpu: dict) -> str:
     """``## GPU machine``: the cells ``regime_gpu`` ran through the stages there."""
     df = gpu_runs(gpu)
@@ -243,7 +250,8 @@ def gpu_section(gpu: dict) -> str:
               f"{gpu.get('torch', '?')}, {gpu.get('started', '?')}): the pipeline's own stages "
               f"without DVC, data `{prof.get('data', {}).get('source', '?')}`, "
               f"{prof.get('train', {}).get('steps', '?')} QAT steps per run, one learning rate "
-              f"per cell for every method; {done} in {fmt(gpu.get('elapsed_s'), 0)} s. "
+              f"per cell for every method; {done} in {fmt(gpu.get('elapsed_s'), 0)} s"
+              f"{calls_text(gpu)}. "
               f"Teachers: {teachers}.", ""]
     if df.empty:
         return "\n".join(lines + ["No finished runs.", ""])
