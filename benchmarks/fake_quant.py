@@ -126,8 +126,13 @@ def host_overhead_us(device: str, calls: int = 300) -> list[dict]:
     cases = {"x * 2 (one aten op)": lambda t: t * 2,
              "torch.fake_quantize_per_tensor_affine":
                  lambda t: torch.fake_quantize_per_tensor_affine(t, scale, zp, 0, 255),
-             "fraqat::fake_quant (weight, layer path)": lambda t: ops.fake_quantize_grid(t, grid),
-             "fraqat::fake_quant_given (activation)": lambda t: ops.fake_quantize_given(t, given)}
+             "layers' weight path (autograd.Function)": lambda t: ops.fake_quantize_grid(t, grid),
+             "layers' activation path (autograd.Function)":
+                 lambda t: ops.fake_quantize_given(t, given),
+             "fraqat::fake_quant (custom op)": lambda t: torch.ops.fraqat.fake_quant(
+                 t, grid, "tensor", 64, True, t.dtype)[0],
+             "fraqat::fake_quant_given (custom op)": lambda t: torch.ops.fraqat.fake_quant_given(
+                 t, scale, zp, 0, 255, t.dtype)[0]}
     rows = []
     for name, fn in cases.items():
         for _ in range(20):

@@ -63,11 +63,14 @@ def wall_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 10) -> list[f
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, reps: int,
-                timer: Callable[..., list[float]] = wall_ms) -> dict[str, list[list[float]]]:
+                timer: Callable[..., list[float]] = wall_ms,
+                on_round: Callable[[dict[str, list[list[float]]]], bool] | None = None
+                ) -> dict[str, list[list[float]]]:
     """Per-round times of every function, timed in alternating rounds (A B C, B C A, ...).
 
     Clock drift during a benchmark (a GPU warming up or throttling, a neighbour's load) then
-    lands on every variant alike instead of on whichever ran first.
+    lands on every variant alike instead of on whichever ran first. ``on_round`` sees the times
+    after each full round (to save partial results); returning False stops early.
     """
     names = list(fns)
     out: dict[str, list[list[float]]] = {n: [] for n in names}
@@ -75,6 +78,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, reps: int,
         k = r % max(len(names), 1)
         for name in names[k:] + names[:k]:
             out[name].append(timer(fns[name], warmup=1, reps=reps))
+        if on_round is not None and not on_round(out):
+            break
     return out
 
 
@@ -84,6 +89,14 @@ def spread(repeats: list[list[float]]) -> dict:
     return {"median": statistics.median([t for r in repeats for t in r]),
             "repeat_medians": medians, "lo": min(medians), "hi": max(medians),
             "samples": sum(len(r) for r in repeats)}
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartile (the interquartile range's ends); one value: itself twice."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
 
 
 def meta() -> dict:

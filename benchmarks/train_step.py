@@ -1,7 +1,7 @@
 """Time of ``fraqat train``'s own step (``Trainer.train_step``) on a real-size DiT, interleaved.
 
     python -m benchmarks.train_step --json out.json [--model sana|flux]
-        [--runs fp:eager,fp:graph,fp:compile,w4a8:eager,w4a8:graph] [--rounds 8 --steps 5]
+        [--runs fp:eager,...,w4a8:compile] [--rounds 8 --steps 5] [--compile regional|whole]
 
 The student is diffusers' SanaTransformer2DModel at the Sana-600M configuration (random init;
 or FLUX.1's transformer reduced to 2 double + 4 single blocks) inside the trainer exactly as
@@ -10,11 +10,15 @@ autocast, batch 8 (FLUX: 2). Variants: full precision ("fp"), fraqat W4A8 (fract
 weights through the fused ops, INT8 activations calibrated on one batch) and, where the
 package is installed, torchao's QAT. Modes: "eager" (``train.cuda_graphs: off``), "graph"
 (the default on CUDA: forward + backward replayed from a CUDA graph) and "compile" (the
-transformer under ``torch.compile``, eager runner).
+transformer's blocks under ``torch.compile``, or the whole transformer with ``--compile
+whole``; eager runner). "1st step s" is the first step's wall time: compilation, graph capture
+and kernel JIT happen there.
 
 Drift-proof: every run is built and warmed up in this one process first, then timed in
 alternating rounds (A B C, B C A, C A B, ... ``--steps`` steps each, the order rotated each
 round), so a GPU that speeds up or slows down during the benchmark moves every run alike.
+Ratios are also taken round by round (each run's round median over the fastest FP's in the
+same round, seconds apart): their median, min-max and quartiles.
 Each step is timed on the host from call to return with the GPU synchronized (the trainer
 reads every loss); a run's time is the median over all its steps, its spread the min / max of
 its per-round medians. The FP baseline is the fastest FP run (best of eager / graph /
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import statistics
 import tempfile
 import time
 import traceback
@@ -42,6 +47,7 @@ from benchmarks.timing import (
     interleaved,
     meta,
     positive,
+    quartiles,
     spread,
     sync,
     write_json,
@@ -61,8 +67,20 @@ FLUX_TINY = dict(num_layers=1, num_single_layers=1, attention_head_dim=16,
                  num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32,
                  axes_dims_rope=(4, 6, 6))
 VARIANTS = ("fp", "w4a8", "torchao")
+
+
+def _compile_blocks(transformer: nn.Module) -> None:
+    """Regional compilation (diffusers' ``compile_repeated_blocks``): one compile of the block
+    code serves every block, so compile time does not grow with depth."""
+    for stack in transformer.children():  # Sana: transformer_blocks; FLUX: two stacks
+        if isinstance(stack, nn.ModuleList):
+            for block in stack:
+                block.compile()
+
+
+COMPILE = {"regional": _compile_blocks, "whole": lambda t: t.compile()}
 MODES = ("eager", "graph", "compile")
-DEFAULT_RUNS = "fp:eager,fp:graph,fp:compile,w4a8:eager,w4a8:graph"
+DEFAULT_RUNS = "fp:eager,fp:graph,fp:compile,w4a8:eager,w4a8:graph,w4a8:compile"
 
 
 class FixedEncoder(nn.Module):
@@ -140,7 +158,7 @@ def make_trainer(args, variant: str, mode: str, tmp: Path) -> tuple[Trainer, str
     trainer = Trainer(student, data, ConstantSchedule(args.bits, 10**6), cfg, tmp / "ckpt",
                       tmp / "log.tsv")
     if mode == "compile":
-        student.transformer.compile()
+        COMPILE[args.compile](student.transformer)
     trainer.build_runner()
     return trainer, label
 
@@ -157,7 +175,12 @@ class Run:
         start = time.perf_counter()
         self.trainer, self.label = make_trainer(args, variant, mode, tmp)
         self.steps = itertools.count()
-        for _ in range(args.warmup):  # compile, capture, Triton JIT, cuBLAS handles
+        sync()
+        first = time.perf_counter()
+        self.step()  # compile, capture, Triton JIT, cuBLAS handles
+        sync()
+        self.first_step_s = time.perf_counter() - first
+        for _ in range(args.warmup - 1):
             self.step()
         sync()
         self.build_s = time.perf_counter() - start
@@ -170,6 +193,7 @@ class Run:
     def row(self) -> dict:
         return {"variant": self.variant, "mode": self.mode, **spread(self.rounds),
                 "peak_gib": self.peak_gib, "build_s": self.build_s,
+                "first_step_s": self.first_step_s,
                 "params_m": sum(p.numel() for p in self.trainer.params) / 1e6}
 
 
@@ -187,6 +211,19 @@ def add_ratios(rows: list[dict]) -> None:
         if r["mode"] in fp:
             r["x_fp"] = r["median"] / fp[r["mode"]]["median"]
         r["x_fastest_fp_mem"] = r["peak_gib"] / fastest["peak_gib"] if fastest["peak_gib"] else 0.0
+        if "repeat_medians" in r:
+            add_paired(r, fastest)
+
+
+def add_paired(r: dict, fastest: dict) -> None:
+    """Ratios round by round (both ran within seconds of each other, so drift cancels):
+    ``x_rounds_median``, ``_lo`` / ``_hi`` (min-max) and ``_iqr`` (quartiles)."""
+    paired = [a / b for a, b in zip(r["repeat_medians"], fastest["repeat_medians"],
+                                    strict=True)]
+    r["x_fastest_fp_rounds"] = paired
+    r["x_rounds_median"] = statistics.median(paired)
+    r["x_rounds_lo"], r["x_rounds_hi"] = min(paired), max(paired)
+    r["x_rounds_iqr"] = quartiles(paired)
 
 
 def table(res: dict) -> str:
@@ -194,17 +231,20 @@ def table(res: dict) -> str:
     lines = [f"{m['device']} | torch {m['torch']} | triton {m['triton']} | diffusers "
              f"{m['diffusers']} | {m['date']}", res.get("label", ""),
              f"{'variant':9}{'mode':9}{'ms/step':>9}{'spread':>15}{'x fastest FP':>13}"
-             f"{'x FP mode':>10}{'peak GiB':>9}{'x FP mem':>9}{'build s':>8}"]
+             f"{'paired by round [min-max]':>27}{'x FP mode':>10}{'peak GiB':>9}"
+             f"{'x FP mem':>9}{'build s':>8}{'1st step s':>11}"]
     nan = float("nan")
     for r in res["rows"]:
         if "skipped" in r:
             lines.append(f"{r['variant']:9}{r['mode']:9}skipped: {r['skipped']}")
             continue
         lo_hi = f"[{r['lo']:.1f}-{r['hi']:.1f}]"
+        paired = (f"{r.get('x_rounds_median', nan):.3f} [{r.get('x_rounds_lo', nan):.3f}-"
+                  f"{r.get('x_rounds_hi', nan):.3f}]")
         lines.append(f"{r['variant']:9}{r['mode']:9}{r['median']:9.1f}{lo_hi:>15}"
-                     f"{r.get('x_fastest_fp', nan):13.3f}{r.get('x_fp', nan):10.3f}"
+                     f"{r.get('x_fastest_fp', nan):13.3f}{paired:>27}{r.get('x_fp', nan):10.3f}"
                      f"{r['peak_gib']:9.1f}{r.get('x_fastest_fp_mem', nan):9.2f}"
-                     f"{r['build_s']:8.1f}")
+                     f"{r['build_s']:8.1f}{r['first_step_s']:11.1f}")
     return "\n".join(lines)
 
 
@@ -217,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=positive, default=8)
     p.add_argument("--steps", type=positive, default=5, help="timed steps per run per round")
     p.add_argument("--warmup", type=positive, default=3)
+    p.add_argument("--compile", choices=sorted(COMPILE), default="regional",
+                   help="compile mode: each transformer block (default) or the whole model")
+    p.add_argument("--max-seconds", type=float, default=float("inf"),
+                   help="stop the timed rounds after the round that passes this many seconds")
     p.add_argument("--json", type=Path)
     p.add_argument("--tiny", action="store_true", help="tiny sizes on any device")
     args = p.parse_args(argv)
@@ -252,15 +296,22 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-        times = interleaved({f"{r.variant}:{r.mode}": r.step for r in built}, args.rounds,
-                            args.steps)
-        for run in built:
-            run.rounds = times[f"{run.variant}:{run.mode}"]
-        res["rows"] = [r.row() for r in built] + res["rows"]
-        add_ratios(res["rows"])
+        skipped, start = res["rows"], time.perf_counter()
+
+        def save(times: dict[str, list[list[float]]]) -> bool:
+            """Write the rows after every round: a run cut short keeps its finished rounds."""
+            for run in built:
+                run.rounds = times[f"{run.variant}:{run.mode}"]
+            res["rows"] = [r.row() for r in built] + skipped
+            add_ratios(res["rows"])
+            res["rounds_done"] = len(built[0].rounds) if built else 0
+            write_json(args.json, res)
+            return time.perf_counter() - start < args.max_seconds
+
+        interleaved({f"{r.variant}:{r.mode}": r.step for r in built}, args.rounds, args.steps,
+                    on_round=save)
         for run in built:
             run.trainer.runner.release()
-    write_json(args.json, res)
     print(table(res))
     return 0
 

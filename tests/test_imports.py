@@ -50,13 +50,17 @@ def test_the_writer_leaves_a_current_dvc_yaml_unchanged():
 
 
 def test_quantization_core_layers():
-    """quant: the pure reference; kernels: only the core; ops: the one dispatch point."""
-    quant, kernels, ops = (PACKAGE / "quant" / f"{m}.py" for m in ("core", "kernels", "ops"))
-    assert imports_of(quant) == frozenset()
-    assert imports_of(kernels) <= {quant}
+    """quant: the pure reference; kernels: only the core and their Triton code; ops: the one
+    dispatch point."""
+    quant, kernels, triton_code, ops = (PACKAGE / "quant" / f"{m}.py" for m in
+                                        ("core", "kernels", "triton_kernels", "ops"))
+    assert imports_of(quant) == imports_of(triton_code) == frozenset()
+    assert imports_of(kernels) <= {quant, triton_code}
     assert imports_of(ops) <= {quant, kernels}
     users = {p.name for p in PACKAGE.rglob("*.py") if kernels in imports_of(p)}
     assert users <= {"ops.py"}, users
+    users = {p.name for p in PACKAGE.rglob("*.py") if triton_code in imports_of(p)}
+    assert users <= {"kernels.py"}, users
 
 
 # Which subpackages each may import: data flows one way, quant -> models -> train -> eval ->

@@ -25,8 +25,8 @@ even, same clamp bounds), so results are bit-identical to it; tests/test_kernels
 
 Backend, per call: :func:`use_backend` if active, else ``$FRAQAT_FUSED``, else "triton" where
 Triton imports; "reference" turns the kernels off (the ops then run the PyTorch reference).
-It imports nothing from fraqat (the ops pass tensors in and take tensors out) and every entry
-point returns None where it cannot help.
+It imports nothing from fraqat but its kernels (:mod:`fraqat.quant.triton_kernels`): the ops
+pass tensors in and take tensors out, and every entry point returns None where it cannot help.
 """
 
 from __future__ import annotations
@@ -42,7 +42,15 @@ import torch
 
 try:  # GPU machines only; the ops fall back to the PyTorch reference without it
     import triton
-    import triton.language as tl
+
+    from fraqat.quant.triton_kernels import (
+        _group_bwd_kernel,
+        _group_fwd_kernel,
+        _masked_grad_kernel,
+        _tensor_bwd_kernel,
+        _tensor_fwd_kernel,
+        _tensor_stats_kernel,
+    )
 except ImportError:
     triton = None
 
@@ -50,7 +58,7 @@ BACKENDS = ("triton", "reference")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_GROUP = 16384  # a bigger group does not fit one program's registers: reference path
 _BLOCK = 4096  # elements per program of the elementwise kernels
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (debugging)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (debugging)
 _backend: str | None = None
 
 
@@ -115,7 +123,7 @@ def _plan(shape: tuple[int, ...], granularity: str, group_size: int) -> _Plan | 
 
 
 def _usable(x: torch.Tensor) -> bool:
-    return (triton is not None and current_backend() == "triton" and (x.is_cuda or _INTERPRET)
+    return (triton is not None and current_backend() == "triton" and (x.is_cuda or INTERPRET)
             and x.dtype in DTYPES and 0 < x.numel() <= 2**30)
 
 
@@ -146,7 +154,7 @@ def fake_quant(x: torch.Tensor, grid: torch.Tensor, granularity: str, group_size
         _tensor_stats_kernel[(min(blocks, 4 * _sm_count(dev)),)](xc, stats, plan.n,
                                                                  BLOCK=_BLOCK, num_warps=8)
         _tensor_fwd_kernel[(blocks,)](xc, y, stats, grid, scale, zp, clamped, plan.n, 0.0, 0.0,
-                                      SYMMETRIC=symmetric, GIVEN=False, BLOCK=_BLOCK,
+                                      SYMMETRIC=symmetric, GIVEN=False, BLOCK=_BLOCK, MASK=0,
                                       num_warps=8)
     return y, scale, zp, clamped
 
@@ -174,21 +182,46 @@ def fake_quant_backward(g: torch.Tensor, x: torch.Tensor, grid: torch.Tensor,
     return dx
 
 
+MASKS = {"none": 0, "bytes": 1, "bits": 2}  # how fake_quant_given returns the in-range mask
+
+
 def fake_quant_given(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
-                     qmax: int, out_dtype: torch.dtype):
-    """``fraqat::fake_quant_given`` for a per-tensor scale: ``(y, inside)`` or None."""
+                     qmax: int, out_dtype: torch.dtype, mask: str = "bytes"):
+    """``fraqat::fake_quant_given`` for a per-tensor scale: ``(y, inside)`` or None.
+
+    ``inside``: "bytes" a uint8 tensor like ``x``; "bits" packed 8 values per byte, bit
+    ``i % 8`` of byte ``i // 8`` for the ``i``-th value in ``y``'s memory order (for
+    :func:`masked_grad_bits`); "none" an empty tensor (no gradient needed: no mask written).
+    """
     if not _usable(x) or scale.numel() != 1 or zero_point.numel() != 1:
         return None
     xc = _dense(x)
     y = torch.empty_like(xc, dtype=out_dtype)  # same strides: channels_last stays so
-    inside = torch.empty_like(xc, dtype=torch.uint8)
-    s = scale.detach().reshape(1).to(x.device, torch.float32)
-    z = zero_point.reshape(1).to(x.device, torch.int32)
+    n = x.numel()
+    inside = (torch.empty_like(xc, dtype=torch.uint8) if mask == "bytes" else
+              torch.empty(-(-n // 8) if mask == "bits" else 0, dtype=torch.uint8,
+                          device=x.device))
+    s, z = _on_device(scale.detach(), x.device, torch.float32), _on_device(zero_point, x.device,
+                                                                          torch.int32)
     with _on(x.device):
-        _tensor_fwd_kernel[(triton.cdiv(x.numel(), _BLOCK),)](
-            xc, y, s, s, s, z, inside, x.numel(), float(qmin), float(qmax), SYMMETRIC=False,
-            GIVEN=True, BLOCK=_BLOCK, num_warps=8)
+        _tensor_fwd_kernel[(triton.cdiv(n, _BLOCK),)](
+            xc, y, s, s, s, z, inside, n, float(qmin), float(qmax), SYMMETRIC=False,
+            GIVEN=True, BLOCK=_BLOCK, MASK=MASKS[mask], num_warps=8)
     return y, inside
+
+
+def masked_grad_bits(g: torch.Tensor, bits: torch.Tensor, shape: tuple[int, ...],
+                     stride: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``where(inside, g, 0)`` in ``dtype``, laid out as ``(shape, stride)`` (the forward
+    output's dense layout), ``inside`` packed as :func:`fake_quant_given` with "bits" wrote it."""
+    if g.stride() != tuple(stride):
+        g = torch.empty_strided(shape, stride, dtype=g.dtype, device=g.device).copy_(g)
+    dx = torch.empty_strided(shape, stride, dtype=dtype, device=g.device)
+    with _on(g.device):
+        _masked_grad_kernel[(triton.cdiv(g.numel(), _BLOCK),)](g, bits, dx, g.numel(),
+                                                               BLOCK=_BLOCK, BITS=True,
+                                                               num_warps=8)
+    return dx
 
 
 def masked_grad(g: torch.Tensor, inside: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
@@ -204,8 +237,14 @@ def masked_grad(g: torch.Tensor, inside: torch.Tensor, dtype: torch.dtype) -> to
     dx = torch.empty_like(m, dtype=dtype)
     with _on(g.device):
         _masked_grad_kernel[(triton.cdiv(g.numel(), _BLOCK),)](g, m, dx, g.numel(), BLOCK=_BLOCK,
-                                                               num_warps=8)
+                                                               BITS=False, num_warps=8)
     return dx
+
+
+def _on_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as the kernels read a one-value tensor (a pointer): no copy, no op when it already
+    is one (the common case: every eager call pays for each op it launches)."""
+    return t if t.dtype == dtype and t.device == device else t.to(device, dtype)
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -239,162 +278,3 @@ def _sm_count(device: torch.device) -> int:
 
 def _warps(p: _Plan) -> int:
     return min(16, max(4, p.block_g * p.g_pad // 512))
-
-
-# --- Triton kernels -------------------------------------------------------------------------
-
-if triton is not None:
-    try:
-        from triton.language.extra import libdevice
-    except ImportError:  # older Triton layouts
-        libdevice = None
-    _NATIVE_RINT = libdevice is not None and not _INTERPRET
-
-    if _NATIVE_RINT:
-        @triton.jit
-        def _rint(v):
-            return libdevice.rint(v)  # round half to even, like torch.round
-    else:
-        @triton.jit
-        def _rint(v):  # round half to even via fp32's 2**23 (the interpreter lacks libdevice)
-            a = tl.abs(v)
-            r = tl.where(a < 8388608.0, (a + 8388608.0) - 8388608.0, a)
-            return tl.where(v < 0, -r, r)
-
-    @triton.jit
-    def _scale_zp(nlo, hi, qconst, SYMMETRIC: tl.constexpr):
-        """scale, 1/scale, zero point from -min(x,0) and max(x,0): the reference's math."""
-        if SYMMETRIC:
-            scale = tl.maximum(tl.math.div_rn(tl.maximum(nlo, hi), qconst), 1.1920928955078125e-07)
-            inv = tl.math.div_rn(1.0, scale)
-            zp = tl.zeros_like(scale)
-        else:
-            scale = tl.maximum(tl.math.div_rn(hi + nlo, qconst), 1.1920928955078125e-07)
-            inv = tl.math.div_rn(1.0, scale)
-            zp = _rint(nlo * inv)
-        return scale, inv, zp
-
-    @triton.jit
-    def _quant(x, scale, inv, zp, qlo, qhi):
-        """(clamp(round(x * (1/s)) + z) - z) * s, and whether the code was inside the range."""
-        q = _rint(x * inv) + zp
-        inside = (q >= qlo) & (q <= qhi)
-        return (tl.minimum(tl.maximum(q, qlo), qhi) - zp) * scale, inside
-
-    @triton.jit
-    def _tensor_stats_kernel(x_ptr, stats_ptr, n, BLOCK: tl.constexpr):
-        """Grid-wide -min(x,0), max(x,0): non-negative floats order like their int32 bits."""
-        lo = tl.zeros([BLOCK], tl.float32)
-        hi = tl.zeros([BLOCK], tl.float32)
-        for start in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
-            lo = tl.minimum(lo, x)
-            hi = tl.maximum(hi, x)
-        tl.atomic_max(stats_ptr, (-tl.min(lo, 0)).to(tl.int32, bitcast=True))
-        tl.atomic_max(stats_ptr + 1, tl.max(hi, 0).to(tl.int32, bitcast=True))
-
-    @triton.jit
-    def _tensor_fwd_kernel(x_ptr, y_ptr, stats_ptr, grid_ptr, scale_ptr, zp_ptr, aux_ptr, n,
-                           given_lo, given_hi, SYMMETRIC: tl.constexpr, GIVEN: tl.constexpr,
-                           BLOCK: tl.constexpr):
-        """GIVEN: fixed scale/zp, writes the in-range mask to aux. Else: scale from the
-        stats, written by program 0, and aux[0] = 1 if anything clamped."""
-        if GIVEN:
-            scale = tl.load(scale_ptr)
-            inv = tl.math.div_rn(1.0, scale)
-            zp = tl.load(zp_ptr).to(tl.float32)
-            qlo = given_lo
-            qhi = given_hi
-        else:
-            qlo = tl.load(grid_ptr + 1)
-            qhi = tl.load(grid_ptr + 2)
-            nlo = tl.load(stats_ptr).to(tl.float32, bitcast=True)
-            hi = tl.load(stats_ptr + 1).to(tl.float32, bitcast=True)
-            scale, inv, zp = _scale_zp(nlo, hi, tl.load(grid_ptr), SYMMETRIC)
-            if tl.program_id(0) == 0:
-                tl.store(scale_ptr, scale)
-                tl.store(zp_ptr, zp)
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid = offs < n
-        x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(tl.float32)
-        y, inside = _quant(x, scale, inv, zp, qlo, qhi)
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
-        if GIVEN:
-            tl.store(aux_ptr + offs, inside.to(tl.uint8), mask=valid)
-        else:
-            if tl.max((valid & (inside == 0)).to(tl.int32), 0) > 0:
-                tl.atomic_max(aux_ptr, 1)
-
-    @triton.jit
-    def _tensor_bwd_kernel(g_ptr, x_ptr, dx_ptr, grid_ptr, scale_ptr, zp_ptr, clamped_ptr, n,
-                           BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid = offs < n
-        g = tl.load(g_ptr + offs, mask=valid, other=0.0)
-        clamped = tl.load(clamped_ptr) != 0  # x is read only if something clamped
-        scale = tl.load(scale_ptr)
-        x = tl.load(x_ptr + offs, mask=valid & clamped, other=0.0).to(tl.float32)
-        _, inside = _quant(x, scale, tl.math.div_rn(1.0, scale), tl.load(zp_ptr),
-                           tl.load(grid_ptr + 1), tl.load(grid_ptr + 2))
-        dx = tl.where(inside | (clamped == 0), g.to(tl.float32), 0.0)
-        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
-
-    @triton.jit
-    def _masked_grad_kernel(g_ptr, m_ptr, dx_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid = offs < n
-        g = tl.load(g_ptr + offs, mask=valid, other=0.0)
-        inside = tl.load(m_ptr + offs, mask=valid, other=0) != 0
-        tl.store(dx_ptr + offs, tl.where(inside, g.to(tl.float32), 0.0).to(
-            dx_ptr.dtype.element_ty), mask=valid)
-
-    @triton.jit
-    def _group_offsets(n_groups, row_len, group, gpr, BLOCK_G: tl.constexpr,
-                       G_PAD: tl.constexpr, EVEN: tl.constexpr):
-        gid = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-        gvalid = gid < n_groups
-        e = tl.arange(0, G_PAD)
-        if EVEN:  # groups tile the tensor: a mask constant along rows keeps loads vectorized
-            valid = gvalid[:, None] & (e[None, :] < G_PAD)
-            offs = gid.to(tl.int64)[:, None] * G_PAD + e[None, :]
-        else:
-            col0 = (gid % gpr) * group
-            glen = tl.minimum(group, row_len - col0)
-            valid = gvalid[:, None] & (e[None, :] < glen[:, None])
-            offs = (gid // gpr).to(tl.int64)[:, None] * row_len + col0[:, None] + e[None, :]
-        return gid, gvalid, offs, valid
-
-    @triton.jit
-    def _group_fwd_kernel(x_ptr, y_ptr, grid_ptr, scale_ptr, zp_ptr, flag_ptr, n_groups,
-                          row_len, group, gpr, SYMMETRIC: tl.constexpr, BLOCK_G: tl.constexpr,
-                          G_PAD: tl.constexpr, EVEN: tl.constexpr):
-        gid, gvalid, offs, valid = _group_offsets(n_groups, row_len, group, gpr, BLOCK_G, G_PAD,
-                                                  EVEN)
-        x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(tl.float32)
-        nlo = tl.maximum(-tl.min(x, 1), 0.0)  # padding zeros change neither, as in the reference
-        hi = tl.maximum(tl.max(x, 1), 0.0)
-        scale, inv, zp = _scale_zp(nlo, hi, tl.load(grid_ptr), SYMMETRIC)
-        y, inside = _quant(x, scale[:, None], inv[:, None], zp[:, None], tl.load(grid_ptr + 1),
-                           tl.load(grid_ptr + 2))
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
-        tl.store(scale_ptr + gid, scale, mask=gvalid)
-        tl.store(zp_ptr + gid, zp, mask=gvalid)
-        clamped = tl.max((valid & (inside == 0)).to(tl.int32), 1)
-        tl.store(flag_ptr + gid, clamped, mask=gvalid)
-
-    @triton.jit
-    def _group_bwd_kernel(g_ptr, x_ptr, dx_ptr, grid_ptr, scale_ptr, zp_ptr, flag_ptr, n_groups,
-                          row_len, group, gpr, BLOCK_G: tl.constexpr, G_PAD: tl.constexpr,
-                          EVEN: tl.constexpr):
-        gid, gvalid, offs, valid = _group_offsets(n_groups, row_len, group, gpr, BLOCK_G, G_PAD,
-                                                  EVEN)
-        clamped = tl.load(flag_ptr + gid, mask=gvalid, other=0) != 0
-        scale = tl.load(scale_ptr + gid, mask=gvalid, other=1.0)
-        zp = tl.load(zp_ptr + gid, mask=gvalid, other=0.0)
-        x = tl.load(x_ptr + offs, mask=valid & clamped[:, None], other=0.0).to(tl.float32)
-        _, inside = _quant(x, scale[:, None], tl.math.div_rn(1.0, scale)[:, None], zp[:, None],
-                           tl.load(grid_ptr + 1), tl.load(grid_ptr + 2))
-        g = tl.load(g_ptr + offs, mask=valid, other=0.0)
-        dx = tl.where(inside | (clamped[:, None] == 0), g.to(tl.float32), 0.0)
-        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)

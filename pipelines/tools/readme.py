@@ -252,11 +252,48 @@ def regime(root: Path) -> str:
     return section((root / "reports/regime/regime.md").read_text(), "Regime map")
 
 
+def _step_runs(root: Path) -> dict | None:
+    """The newest trainer-step benchmark JSON that timed every variant (FP and W4A8, 3 modes)."""
+    best = None
+    for path in sorted(root.glob("benchmarks/results/*/*train_step.json")):
+        run = json.loads(path.read_text())
+        if "meta" in run and len(run.get("rows", [])) == 6 and run.get("rounds_done"):
+            if best is None or run["meta"]["date"] > best["meta"]["date"]:
+                best = run
+    return best
+
+
+def gpu_step(root: Path) -> str:
+    run = _step_runs(root)
+    if run is None:
+        return "No trainer-step benchmark has timed every variant yet (`bash benchmarks/gpu.sh`)."
+    rows = {(r["variant"], r["mode"]): r for r in run["rows"]}
+    fast = rows[("fp", "eager")]["fastest_fp"]
+    fast_ms = rows[tuple(fast.split(":"))]["median"]
+    lines = ["| W4A8 mode | ms / step | × fastest FP, paired by round: median [min–max] "
+             "| × FP same mode | peak memory × fastest FP |", "|---|---|---|---|---|"]
+    for mode in ("eager", "graph", "compile"):
+        r = rows[("w4a8", mode)]
+        lines.append(f"| {mode} | {r['median']:.1f} | {r['x_rounds_median']:.2f} "
+                     f"[{r['x_rounds_lo']:.2f}–{r['x_rounds_hi']:.2f}] | {r['x_fp']:.2f} "
+                     f"| {r['x_fastest_fp_mem']:.2f} |")
+    fp, w = rows[("fp", "compile")], rows[("w4a8", "compile")]
+    meta = run["meta"]
+    lines.append("")
+    lines.append(f"{meta['device']}, {meta['date']}, torch {meta['torch']}: Sana-600M config, "
+                 f"batch 8, {run['rounds_done']} interleaved rounds × {run['steps_per_round']} "
+                 f"steps; fastest FP = `{fast}` at {fast_ms:.1f} ms. "
+                 f"First compiled step {w['first_step_s']:.1f} s (W4A8) vs "
+                 f"{fp['first_step_s']:.1f} s (FP).")
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"finding": finding, "results": results,
                                             "ablation": ablation,
                                             "regime": regime, "export": export, "needs": needs,
                                             "layout": layout, "paper": paper,
-                                            "provenance": provenance}
+                                            "provenance": provenance,
+                                            "gpu": gpu_step}
 
 
 # The user's README holds the headline; the research detail lives beside the reports.
@@ -265,7 +302,8 @@ FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "results", "paper"
                                      "docs/layout.md": ("layout",),
                                      "reports/README.md": ("ablation", "regime"),
                                      "docs/real-models.md": ("needs",),
-                                     "docs/export.md": ("export",)}
+                                     "docs/export.md": ("export",),
+                                     "docs/gpu.md": ("gpu",)}
 
 
 def render(readme: str, root: Path = ROOT, names: tuple[str, ...] = tuple(BLOCKS)) -> str:

@@ -126,3 +126,31 @@ def test_converted_inference_tiny_equals_fake_quant_and_is_smaller(tmp_path: Pat
     assert rows["fraqat-w4a8"]["rel_l2_vs_fake_quant"] == 0.0  # the CPU: the same arithmetic
     assert rows["fraqat-w4a8"]["disk_bytes"] < rows["bf16"]["disk_bytes"]
     assert rows["fraqat-w4a8"]["samples"] == 1 and "x_bf16" in rows["fraqat-w4a8"]
+
+
+def test_paired_ratios_are_taken_round_by_round() -> None:
+    from benchmarks.train_step import add_ratios
+
+    rows = [{"variant": "fp", "mode": "graph", "median": 100.0, "peak_gib": 8.0,
+             "repeat_medians": [100.0, 200.0, 100.0, 100.0]},
+            {"variant": "w4a8", "mode": "graph", "median": 150.0, "peak_gib": 8.0,
+             "repeat_medians": [110.0, 210.0, 100.0, 90.0]}]
+    add_ratios(rows)
+    assert rows[1]["x_fastest_fp_rounds"] == [1.1, 1.05, 1.0, 0.9]
+    assert rows[1]["x_rounds_median"] == pytest.approx(1.025)
+    assert (rows[1]["x_rounds_lo"], rows[1]["x_rounds_hi"]) == (0.9, 1.1)
+    assert rows[1]["x_rounds_iqr"] == pytest.approx((0.975, 1.0625))
+
+
+def test_interleaved_stops_when_told() -> None:
+    from benchmarks.timing import interleaved
+
+    seen: list[int] = []
+
+    def on_round(times: dict[str, list[list[float]]]) -> bool:
+        seen.append(len(times["a"]))
+        return len(seen) < 2
+
+    times = interleaved({"a": lambda: None, "b": lambda: None}, rounds=5, reps=1,
+                        timer=lambda fn, warmup, reps: [1.0] * reps, on_round=on_round)
+    assert seen == [1, 2] and len(times["b"]) == 2

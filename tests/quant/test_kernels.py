@@ -176,3 +176,40 @@ def test_cuda_op_backends_equal_cpu(backend: str) -> None:
         for gran in ("tensor", "channel", "group"):
             dy, ddx = _compare(x, 4.5, granularity=gran)
             assert dy.abs().max() == 0 and ddx.abs().max() == 0, gran
+
+
+@pytest.mark.skipif(not kernels.triton_available(), reason="needs Triton (its CPU interpreter)")
+def test_packed_mask_kernels_in_interpreter() -> None:
+    """The activation kernel's bit-packed mask and its backward equal the reference on any
+    layout (Triton's CPU interpreter runs the same kernels on CPU tensors)."""
+    code = """
+import torch
+from fraqat.quant import kernels, ops
+from fraqat.quant.core import QParams, quantize_with_qparams
+qp = QParams(torch.tensor(0.02), torch.tensor(120, dtype=torch.int32), 0, 255)
+for seed, shape, cl in [(0, (3, 5, 7, 9), False), (1, (2, 6, 5, 4), True), (2, (4099,), False)]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) * 2 + 0.3
+    x = x.to(memory_format=torch.channels_last) if cl else x
+    g = torch.randn(shape, generator=gen)
+    xr = x.clone().requires_grad_(True)
+    yr = quantize_with_qparams(xr, qp)
+    (dr,) = torch.autograd.grad(yr, xr, g)
+    y, bits = kernels.fake_quant_given(x, qp.scale, qp.zero_point, 0, 255, torch.float32,
+                                       mask="bits")
+    assert bits.numel() == -(-x.numel() // 8)
+    dx = kernels.masked_grad_bits(g, bits, tuple(y.shape), y.stride(), torch.float32)
+    assert torch.equal(y, yr.detach()) and torch.equal(dx, dr) and (dr == 0).any()
+    assert y.stride() == dx.stride() == torch.empty_like(x).stride()
+    y0, none = kernels.fake_quant_given(x, qp.scale, qp.zero_point, 0, 255, torch.float32,
+                                        mask="none")
+    assert torch.equal(y0, y) and none.numel() == 0
+    xo = x.clone().requires_grad_(True)  # the layers' path: autograd through the packed mask
+    yo = ops.fake_quantize_given(xo, qp)
+    (do,) = torch.autograd.grad(yo, xo, g)
+    assert torch.equal(yo, yr.detach()) and torch.equal(do, dr)
+    with torch.no_grad():
+        assert torch.equal(ops.fake_quantize_given(x, qp), y)
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "FRAQAT_FUSED": "triton"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

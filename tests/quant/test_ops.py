@@ -108,3 +108,24 @@ def test_compile_fullgraph_no_recompile_on_bit_change() -> None:
             model(ref).sum().backward()
             assert torch.equal(y, model(x)) and torch.equal(xr.grad, ref.grad), bits
     torch._dynamo.reset()
+
+
+def test_compiled_layers_trace_to_plain_aten_ops() -> None:
+    """Under torch.compile the fake-quant is the reference's aten formula (inductor can fuse
+    it with its neighbours): no custom op and no autograd.Function node in the traced graph."""
+    model = nn.Sequential(nn.Linear(12, 16), nn.GELU(), nn.Linear(16, 4))
+    quantize_model(model, QuantConfig(weight_bits=4.5))
+    x = torch.randn(5, 12)
+    calibrate_activations(model, [x], lambda m, b: m(b))
+    graphs: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    y = torch.compile(model, fullgraph=True, backend=backend)(x)
+    torch._dynamo.reset()
+    assert torch.equal(y, model(x)) and len(graphs) == 1
+    assert "fraqat" not in graphs[0] and "autograd_function" not in graphs[0]
+    assert "round" in graphs[0] and "clamp" in graphs[0]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines.tools.readme import FILES, ROOT, render, section
+from pipelines.tools.readme import BLOCKS, FILES, ROOT, render, section
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
@@ -47,8 +47,10 @@ def test_render_replaces_a_stale_block(tmp_path):
              "<!-- needs:start -->\nold\n<!-- needs:end -->\n"
              "<!-- layout:start -->\nold\n<!-- layout:end -->\n"
              "<!-- paper:start -->\nold\n<!-- paper:end -->\n"
-             "<!-- provenance:start -->\nold\n<!-- provenance:end -->\n")
+             "<!-- provenance:start -->\nold\n<!-- provenance:end -->\n"
+             "<!-- gpu:start -->\nold\n<!-- gpu:end -->\n")
     out = render(stale, tmp_path)
+    assert "No trainer-step benchmark has timed every variant" in out
     assert "Pending the GPU run" in out  # no pipeline-stages JSON in tmp_path
     assert "*Pending:* `profiles/paper-*.yaml`" in out and "*Pending:* `profiles/prov" in out
     assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
@@ -65,6 +67,27 @@ def test_render_replaces_a_stale_block(tmp_path):
     assert "not yet reproduced with per-tensor quantizers" in render(stale, tmp_path)
     with pytest.raises(ValueError, match="no block 'finding'"):
         render("nothing here", tmp_path)
+
+
+def test_gpu_block_reads_the_newest_complete_step_benchmark(tmp_path):
+    def row(variant, mode, median, ratio):
+        return {"variant": variant, "mode": mode, "median": median, "fastest_fp": "fp:compile",
+                "x_rounds_median": ratio, "x_rounds_lo": ratio - 0.1, "x_rounds_hi": ratio + 0.1,
+                "x_fp": 1.0, "x_fastest_fp_mem": 1.0, "first_step_s": 2.0}
+
+    def write(folder, date, ratio, rows=6):
+        modes = [("fp", m) for m in ("eager", "graph", "compile")] + [
+            ("w4a8", m) for m in ("eager", "graph", "compile")]
+        run = {"meta": {"device": "GPU", "date": date, "torch": "2"}, "rounds_done": 3,
+               "steps_per_round": 4, "rows": [row(v, m, 100.0, ratio) for v, m in modes][:rows]}
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "train_step.json").write_text(json.dumps(run))
+
+    write("benchmarks/results/a", "2026-01-01", 3.0)
+    write("benchmarks/results/b", "2026-02-01", 1.5)
+    write("benchmarks/results/c", "2026-03-01", 9.0, rows=4)  # newest, but not every variant
+    out = BLOCKS["gpu"](tmp_path)
+    assert "| eager | 100.0 | 1.50 [1.40–1.60] |" in out and "2026-02-01" in out
 
 
 def test_section_stops_at_the_next_heading():
