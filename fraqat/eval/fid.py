@@ -30,10 +30,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
-from cleanfid import fid as cfid
 from torch import nn
 
 from fraqat.checked import reading
@@ -69,16 +69,25 @@ class Stats:
         return cls(np.mean(feats, axis=0), np.cov(feats, rowvar=False), len(feats))
 
 
+def _cfid() -> ModuleType:
+    """clean-fid's ``fid`` module, imported on first use: it pulls in torchvision and
+    torch._dynamo (seconds per process), which every stage importing this module but not
+    scoring FID (pretrain, calibrate, teacher, tune, train) would otherwise pay."""
+    from cleanfid import fid
+
+    return fid
+
+
 def frechet(a: Stats, b: Stats) -> float:
     """clean-fid's Fréchet distance ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2)."""
     with contextlib.redirect_stdout(io.StringIO()):  # its "singular product" notice
-        return float(cfid.frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+        return float(_cfid().frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
 
 
 def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
     """FID between two feature arrays (N, D), via :func:`cleanfid.fid.fid_from_feats`."""
     with contextlib.redirect_stdout(io.StringIO()):
-        return float(cfid.fid_from_feats(np.asarray(feats1, np.float64),
+        return float(_cfid().fid_from_feats(np.asarray(feats1, np.float64),
                                          np.asarray(feats2, np.float64)))
 
 
@@ -130,7 +139,7 @@ def clean_resize(images: torch.Tensor) -> torch.Tensor:
 def extract_clean(feature_model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                   batch_size: int = 50) -> np.ndarray:
     """Features of [-1, 1] images the way clean-fid computes them for its own extractors."""
-    return np.concatenate([cfid.get_batch_features(clean_resize(images[i : i + batch_size]),
+    return np.concatenate([_cfid().get_batch_features(clean_resize(images[i : i + batch_size]),
                                                    feature_model, CPU)
                            for i in range(0, len(images), batch_size)])
 

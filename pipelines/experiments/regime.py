@@ -42,11 +42,13 @@ from fraqat.report.tables import fmt, fmt_delta, markdown_table
 from fraqat.report.words import fmt_effect
 from pipelines.experiments.exp_files import metrics_at
 from pipelines.experiments.grid import OUTLIERS, exp_run_command
+from pipelines.experiments.regime_map import cpu_source as _cpu_source
 from pipelines.experiments.regime_map import regime_map
 
 OUT = Path("reports/regime")
 GPU_JSON = OUT / "gpu.json"  # regime_gpu's result, copied back from the GPU machine
 RUNS_CSV = OUT / "regime_runs.csv"  # one row per (cell, method, seed), written by collect
+CPU_JSON = OUT / "cpu.json"  # regime_device's CPU half, when it produced the CPU cells
 HIGH_LR = {"tune.lr_grid": "[0.003]"}  # one high rate for every method: no tuning
 BASE = {"methods": "[qat,qat-warmup,fraqat-late,fraqat-late-warmup]",
         "schedule.control_of": "fraqat-late",
@@ -198,6 +200,9 @@ def verdict(table: pd.DataFrame) -> str:
             "loss, Holm-adjusted over the cells with ≥ 5 seeds: " +
             (", ".join(f"`{r.method}` in `{r.cell}`" for r in wins.itertuples())
              if len(wins) else "none") + ".")
+    if (wins["method"] != "fraqat-late").any():
+        text += (" A win of a fractional arm with warm-up is against `qat` without it; the "
+                 "regime map's factorial column separates fractional bits from the warm-up.")
     if len(unused):
         text += (f" Cells with fewer than {MIN_SEEDS} seeds ({', '.join(f'`{c}`' for c in unused)})"
                  " are shown but used by no verdict.")
@@ -220,6 +225,13 @@ def gpu_runs(gpu: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def calls_text(gpu: dict) -> str:
+    """`` over 4 device calls (2026-11-28, 2026-12-02)`` for a merged result."""
+    calls = gpu.get("calls") or []
+    days = sorted({c.get("started", "?")[:10] for c in calls})
+    return f" over {len(calls)} device calls ({', '.join(days)})" if len(calls) > 1 else ""
+
+
 def gpu_section(gpu: dict) -> str:
     """``## GPU machine``: the cells ``regime_gpu`` ran through the stages there."""
     df = gpu_runs(gpu)
@@ -238,7 +250,8 @@ def gpu_section(gpu: dict) -> str:
               f"{gpu.get('torch', '?')}, {gpu.get('started', '?')}): the pipeline's own stages "
               f"without DVC, data `{prof.get('data', {}).get('source', '?')}`, "
               f"{prof.get('train', {}).get('steps', '?')} QAT steps per run, one learning rate "
-              f"per cell for every method; {done} in {fmt(gpu.get('elapsed_s'), 0)} s. "
+              f"per cell for every method; {done} in {fmt(gpu.get('elapsed_s'), 0)} s"
+              f"{calls_text(gpu)}. "
               f"Teachers: {teachers}.", ""]
     if df.empty:
         return "\n".join(lines + ["No finished runs.", ""])
@@ -247,16 +260,19 @@ def gpu_section(gpu: dict) -> str:
 
 
 def render(table: pd.DataFrame, gpu: dict | None = None,
-           cpu_runs: pd.DataFrame | None = None) -> str:
+           cpu_runs: pd.DataFrame | None = None, cpu: dict | None = None) -> str:
     """regime.md: the map (``pipelines.experiments.regime_map``), the CPU and GPU tables.
-    ``cpu_runs``: the per-seed rows behind ``table`` (``regime_runs.csv``), for the factorial."""
+    ``cpu_runs``: the per-seed rows behind ``table`` (``regime_runs.csv``), for the factorial;
+    ``cpu``: ``regime_device``'s CPU JSON, when it produced them (which machine)."""
     machines = {"CPU": (table, cpu_runs)}
     if gpu and len(gpu_runs(gpu)):
         machines["GPU"] = (summarize(gpu_runs(gpu)), gpu_runs(gpu))
+    source = _cpu_source(cpu, list(table["cell"].unique()), CELLS)
     return "\n".join([
         "# The paper's regime: outliers, lower bits, a high learning rate, stability", "",
-        "DVC experiments of the whole pipeline "
-        "(`python -m pipelines.experiments.regime queue`), one "
+        f"Machines: CPU cells = {source}; GPU cells = "
+        "`python -m pipelines.experiments.regime_gpu` / `regime_device` on the GPU (below). "
+        "The cells run the whole pipeline up to `train`, one "
         "learning rate for every method (no tuning: the rate is the regime), held-out loss at "
         "the target bits (the train stage's probe of the held-out split; the cells stop at "
         "`train`, so the outcome uses the held-out loss alone). Ratio = geometric mean over "
@@ -272,8 +288,9 @@ def render(table: pd.DataFrame, gpu: dict | None = None,
         "step. `*-outliers-*`: the teacher's value/output and GLU channel pairs rescaled "
         "(1.5 % of the channels × 50, same FP function; `fraqat/models/outliers.py`).", "",
         regime_map(machines, gpu, read_fair(), cpu_scope()),
-        "## CPU cells (DVC experiments)", "", verdict(table), "", table_markdown(table, ARMS),
-        "", *([gpu_section(gpu)] if gpu else [])])
+        "## CPU cells", "", f"Source: {source}.",
+        "", verdict(table), "",
+        table_markdown(table, ARMS), "", *([gpu_section(gpu)] if gpu else [])])
 
 
 def cpu_scope(path: Path = Path("params.yaml")) -> float | None:
@@ -329,6 +346,10 @@ def read_fair() -> dict | None:
         if path.exists() else None
 
 
+def read_cpu() -> dict | None:
+    return json.loads(CPU_JSON.read_text()) if CPU_JSON.exists() else None
+
+
 def read_gpu() -> dict | None:
     return json.loads(GPU_JSON.read_text()) if GPU_JSON.exists() else None
 
@@ -348,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "render":
         write_text(OUT / "regime.md", render(read_table(OUT / "regime.csv"), read_gpu(),
-                                             read_runs()))
+                                             read_runs(), read_cpu()))
         print(f"wrote {OUT}/regime.md")
         return 0
     show = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"],

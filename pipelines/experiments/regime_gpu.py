@@ -52,7 +52,10 @@ CELLS: dict[str, dict[str, object]] = {
     "w4-lr3e-3": {"bits": 4, "train.lr": 3e-3},
     "w3-outliers-lr3e-3": {"bits": 3, **OUTLIERS, "train.lr": 3e-3},
     "w4-lr1e-2": {"bits": 4, "train.lr": 1e-2},
+    "w4-lr1e-3": {"bits": 4, "train.lr": 1e-3},
+    "w3-outliers-lr1e-3": {"bits": 3, **OUTLIERS, "train.lr": 1e-3},
 }
+DEFAULT_CELLS = ("w4-lr3e-3", "w3-outliers-lr3e-3", "w4-lr1e-2")
 TEACHER_KEYS = ("model", "device", "data", "pretrain", "outliers", "calibration")
 CHAIN = ("prepare", "pretrain", "calibrate", "teacher")
 # --tiny: the same cells and code path at sizes that run on 2 CPU cores in seconds
@@ -75,8 +78,12 @@ def teacher_key(params: dict) -> str:
 
 class Runner:
     def __init__(self, profile: dict, cells: dict[str, dict], work: Path, out: Path,
-                 budget_s: float, jobs: int):
+                 budget_s: float, jobs: int, skip: frozenset[tuple] = frozenset(),
+                 first: tuple[str, ...] = ()):
+        """``skip``: (cell, method, seed) runs not to start (finished in an earlier call);
+        ``first``: cells whose runs all go before the others' (each group seed-major)."""
         self.work, self.out, self.jobs = work, out, jobs
+        self.skip, self.first = skip, first
         self.deadline = time.monotonic() + budget_s
         self.params = {c: with_overrides(profile, o) for c, o in cells.items()}
         keys = list(dict.fromkeys(teacher_key(p) for p in self.params.values()))
@@ -203,8 +210,10 @@ class Runner:
         for cell in cells:
             self.cell_project(cell)
         seeds = sorted({s for c in cells for s in self.params[c]["seeds"]})
-        todo = [(c, m, s) for s in seeds for c in cells for m in self.params[c]["methods"]
-                if s in self.params[c]["seeds"]]
+        todo = sorted(((c, m, s) for s in seeds for c in cells
+                       for m in self.params[c]["methods"]
+                       if s in self.params[c]["seeds"] and (c, m, s) not in self.skip),
+                      key=lambda job: (job[0] not in self.first, job[2]))  # stable: seed-major
         with ThreadPoolExecutor(max(1, self.jobs)) as pool:
             list(pool.map(lambda job: self.train(*job), todo))
         runs = self.result["runs"]
@@ -223,7 +232,24 @@ def device_name(device: str) -> str:
 
     if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"cpu ({os.cpu_count()} cores)"
+    return f"cpu ({os.cpu_count()} cores{cpu_model()})"
+
+
+def cpu_model() -> str:
+    """``, <model name>`` from /proc/cpuinfo where it has one (which CPU produced a run)."""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in
+             (info.read_text().splitlines() if info.exists() else [])
+             if line.startswith("model name")]
+    return f", {names[0]}" if names else ""
+
+
+def done_runs(path: Path | None) -> frozenset[tuple]:
+    """(cell, method, seed) of the finished runs in an earlier call's JSON."""
+    if not path:
+        return frozenset()
+    return frozenset((r["cell"], r["method"], r["seed"])
+                     for r in json.loads(path.read_text())["runs"] if r["status"] == "ok")
 
 
 def torch_version() -> str:
@@ -244,16 +270,19 @@ def teacher_params(project: Path) -> int:
 
 
 def merge(results: list[dict]) -> dict:
-    """One result from several calls' JSON; a run finished twice must agree (same seed, same
-    teacher: the runner is deterministic on one device)."""
+    """One result from several calls' JSON (each may itself be a merge); a run finished twice
+    must agree (same seed, same teacher: the runner is deterministic on one device), and so
+    must a teacher two calls both pretrained. Cells, teachers and methods are the union."""
     if not results:
         raise ValueError("nothing to merge")
-    for r in results[1:]:
+    teachers: dict[str, dict] = {}
+    for r in results:
         for name, t in r["teachers"].items():
-            mine = results[0]["teachers"].get(name, {})
+            mine = teachers.setdefault(name, dict(t))
             if mine.get("final_loss") != t.get("final_loss"):
                 raise ValueError(f"teacher {name!r} differs between the merged calls "
                                  f"(final loss {mine.get('final_loss')} vs {t.get('final_loss')})")
+            mine["cells"] = list(dict.fromkeys([*mine.get("cells", []), *t.get("cells", [])]))
     runs: dict[tuple, dict] = {}
     for r in results:
         for run in r["runs"]:
@@ -264,10 +293,15 @@ def merge(results: list[dict]) -> dict:
                 raise ValueError(f"run {key} finished twice with different losses")
             if not old or old["status"] != "ok":
                 runs[key] = run
+    union = lambda key: list(dict.fromkeys(x for r in results for x in r.get(key) or []))  # noqa: E731
     out = dict(results[0])
     out.update(runs=sorted(runs.values(), key=lambda x: (x["seed"], x["cell"], x["method"])),
-               calls=[{k: r[k] for k in ("started", "elapsed_s", "jobs", "budget_s")}
-                      for r in results],
+               teachers=teachers, cell_order=union("cell_order"),
+               cells={k: v for r in results for k, v in r.get("cells", {}).items()},
+               profile={**results[0].get("profile", {}), "methods": list(dict.fromkeys(
+                   m for r in results for m in r.get("profile", {}).get("methods", [])))},
+               calls=[c for r in results for c in r.get("calls") or
+                      [{k: r[k] for k in ("started", "elapsed_s", "jobs", "budget_s")}]],
                elapsed_s=sum(r["elapsed_s"] for r in results),
                complete=all(run["status"] == "ok" for run in runs.values()))
     return out
@@ -286,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=6, help="train runs at once (default 6)")
     ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir)")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU (tests)")
+    ap.add_argument("--skip-done", type=Path, default=None,
+                    help="an earlier call's JSON: its finished runs are not run again")
+    ap.add_argument("--first", nargs="*", default=(), choices=list(CELLS),
+                    help="cells whose runs go before the others'")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="join these calls' JSON into --out instead of running")
     args = ap.parse_args(argv)
@@ -303,13 +341,14 @@ def main(argv: list[str] | None = None) -> int:
         profile["seeds"] = args.seeds
     if args.methods:
         profile["methods"] = args.methods
-    names = args.cells or (list(TINY_CELLS) if args.tiny else list(CELLS))
+    names = args.cells or list(TINY_CELLS if args.tiny else DEFAULT_CELLS)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="regime-gpu-") as tmp:
         work = args.work or Path(tmp)
         (work / "logs").mkdir(parents=True, exist_ok=True)
         result = Runner(profile, {c: CELLS[c] for c in names}, work, args.out,
-                        args.budget_s, args.jobs).run()
+                        args.budget_s, args.jobs, done_runs(args.skip_done),
+                        tuple(args.first)).run()
     return 0 if any(r["status"] == "ok" for r in result["runs"]) else 1
 
 

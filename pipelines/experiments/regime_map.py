@@ -5,6 +5,10 @@ those numbers, scoped to the teachers measured and no stronger than their interv
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
 import pandas as pd
 
 from fraqat.report import factorial
@@ -31,6 +35,13 @@ def cell_factorial(runs: pd.DataFrame | None, cell: str) -> dict[str, dict | Non
     return None if factorial.missing_arms(values) else factorial.effects(values)
 
 
+def seeds_of(by: dict[str, dict]) -> tuple[int, int]:
+    """The fewest and most seeds among a cell's arms: a cell is used by a verdict only
+    where a comparison has >= 5 seeds, so the map shows the range, not qat's count."""
+    n = [int(r["seeds"]) for r in by.values()]
+    return min(n), max(n)
+
+
 def _vs(row: dict | None) -> str:
     if row is None:
         return "not run"
@@ -55,8 +66,8 @@ def scope(machines: Machines, gpu: dict | None, cpu_params_m: float | None,
     cells a verdict uses (``used_only``) or all."""
     sizes, images = [], []
     for machine, (table, _) in machines.items():
-        if used_only and not (table["seeds"] >= 5).any():
-            continue
+        if used_only and not ((table["seeds"] >= 5) & (table["method"] != "qat")).any():
+            continue  # a verdict uses a comparison with >= 5 paired seeds, not qat alone
         if machine == "CPU" and cpu_params_m:
             sizes.append(cpu_params_m)
             images.append(IMAGES["digits"])
@@ -106,28 +117,32 @@ def seeds_reading(rows: list[tuple[str, str, dict]]) -> str:
             + ("; ".join(parts) if parts else "no spread measured") + ".")
 
 
+CONTROL = {"fraqat-late": "qat-warmup", "fraqat-late-warmup": "qat-warmup"}  # warm-up arm
+
+
 def warmup_reading(rows: list[tuple[str, str, dict]], facts: dict[str, dict | None]) -> str:
-    """Where ``fraqat-late`` wins: how ``qat-warmup`` compares, and whether the factorial
-    separates fractional bits from the warm-up in that cell."""
+    """Where a fractional arm wins against ``qat``: how ``qat-warmup`` compares, and whether
+    the factorial separates fractional bits from the warm-up in that cell."""
     out = []
     for cell, machine, by in rows:
-        f, w = by.get("fraqat-late"), by.get("qat-warmup")
-        if not f or f["outcome"] != "wins" or not w or not w["effect_heldout"]:
-            continue
-        fe, we = f["effect_heldout"], w["effect_heldout"]
-        apart = we["ci"][1] < fe["ci"][0]
-        fx = facts.get(f"{machine}/{cell}")
-        bits_fx = fx["fractional bits"] if fx else None
-        bits = (f"the fractional-bits effect at equal warm-up is {fmt_effect(bits_fx)} "
-                f"({READING[side(bits_fx, WIN_PCT)]})" if fx else
-                "whether fractional bits add anything at equal warm-up is not measured "
-                "(`fraqat-late-warmup` not run in this cell)")
-        out.append(f"`{cell}` ({machine}): `fraqat-late` {fmt_effect(fe)} and `qat-warmup` "
-                   f"{fmt_effect(we)} against `qat` (the intervals "
-                   f"{'do not overlap' if apart else 'overlap'}); {bits}")
+        for method, control in CONTROL.items():
+            f, w = by.get(method), by.get(control)
+            if not f or f["outcome"] != "wins" or not w or not w["effect_heldout"]:
+                continue
+            fe, we = f["effect_heldout"], w["effect_heldout"]
+            apart = we["ci"][1] < fe["ci"][0] or fe["ci"][1] < we["ci"][0]
+            fx = facts.get(f"{machine}/{cell}")
+            bits_fx = fx["fractional bits"] if fx else None
+            bits = (f"the fractional-bits effect at equal warm-up is {fmt_effect(bits_fx)} "
+                    f"({READING[side(bits_fx, WIN_PCT)]})" if bits_fx else
+                    "whether fractional bits add anything at equal warm-up is not measured "
+                    "(`fraqat-late-warmup` not run in this cell)")
+            out.append(f"`{cell}` ({machine}): `{method}` {fmt_effect(fe)} and `{control}` "
+                       f"{fmt_effect(we)} against `qat` (the intervals "
+                       f"{'do not overlap' if apart else 'overlap'}); {bits}")
     if not out:
-        return "- `fraqat-late` wins in no cell a verdict uses."
-    return "- Where `fraqat-late` wins: " + "; ".join(out) + "."
+        return "- No fractional arm wins in a cell a verdict uses."
+    return "- Where a fractional arm wins against `qat`: " + "; ".join(out) + "."
 
 
 def stability_reading(rows: list[tuple[str, str, dict]], gpu: dict | None) -> str:
@@ -197,7 +212,8 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
             fx = facts[f"{machine}/{cell}"] = cell_factorial(runs, cell)
             rows.append((cell, machine, by))
             fx_text = " / ".join(fmt_effect(e) for e in fx.values()) if fx else "not run"
-            lines.append([machine, cell, str(by["qat"]["seeds"]),
+            lo, hi = seeds_of(by)
+            lines.append([machine, cell, str(lo) if lo == hi else f"{lo}–{hi}",
                           fmt(by["qat"]["teacher_absmax_over_std"], 1),
                           *(_vs(by.get(m)) for m in VS_QAT), fx_text, _spikes(by),
                           " / ".join(f"{by[m]['divergence_rate']:.0%}" if m in by else "-"
@@ -211,7 +227,7 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
     if not rows:
         return ""
     where = scope(machines, gpu, cpu_params_m)
-    few = [f"`{c}` ({m})" for c, m, by in rows if by["qat"]["seeds"] < 5]
+    few = [f"`{c}` ({m})" for c, m, by in rows if seeds_of(by)[0] < 5]
     no_arm = [f"`{c}` ({m})" for c, m, by in rows if "fraqat-late-warmup" not in by]
     findings = [
         *(outcome_counts(rows, m, where) for m in VS_QAT),
@@ -220,7 +236,8 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
         stability_reading(rows, gpu),
         "- Outlier damage (held-out loss with outliers / without, same cell otherwise): "
         + ("; ".join(damage) if damage else "no paired cells") + ".",
-        *([f"- Not used by any verdict (fewer than 5 seeds): {', '.join(few)}."] if few else []),
+        *([f"- Not used by any verdict (an arm with fewer than 5 seeds): {', '.join(few)}."]
+          if few else []),
         *([f"- Not run: `fraqat-late-warmup` in {len(no_arm)} of {len(rows)} cells "
            f"({', '.join(no_arm)}); there the factorial's effects are not measured."]
           if no_arm else []),
@@ -228,3 +245,31 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
         "*tuned* QAT; these cells hold the rate fixed and measure the held-out loss only. "
         + fair_promotion(fair)]
     return "\n".join(["## Regime map", "", markdown_table(head, lines), "", *findings, ""])
+
+
+def cpu_source(cpu: dict | None, cells: list[str], known: Iterable[str]) -> str:
+    """Which machine and path produced which CPU cells: DVC experiments, or (its cells)
+    ``regime_device``'s CPU half, with its run of the default table's recipe beside the
+    committed ``dvc repro`` one where it made that run."""
+    dvc = "DVC experiments (`python -m pipelines.experiments.regime queue`) on the 2-core CPU"
+    mine = [c for c in (cpu or {}).get("cell_order", []) if c in set(known)]
+    if not mine:
+        return dvc
+    text = (f"{', '.join(f'`{c}`' for c in mine)}: `python -m pipelines.experiments."
+            f"regime_device` ({cpu.get('device', '?')}, torch {cpu.get('torch', '?')}, "
+            f"{cpu.get('started', '?')}; one torch thread per run): the pipeline's own stages "
+            "without DVC, with the DVC experiments' params, per-seed values kept")
+    rest = [c for c in cells if c not in mine]
+    if rest:
+        text += f"; the other {len(rest)} cells: {dvc} (per-seed values not kept)"
+    check = [r for r in cpu.get("runs", []) if r["cell"] in CHECK_CELL and r["status"] == "ok"]
+    ref = Path("reports/train/qat-s0.json")
+    if check and ref.exists():
+        run = check[0]["final_target_loss"]
+        dvc_loss = json.loads(ref.read_text())["final_target_loss"]
+        text += (f"; the default table's `qat` seed 0 run this way gives held-out loss "
+                 f"{run:.7g}, its `dvc repro` run {dvc_loss:.7g}")
+    return text
+
+
+CHECK_CELL = ("check-default-qat",)

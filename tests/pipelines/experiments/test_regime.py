@@ -104,7 +104,8 @@ def test_render_from_csv_with_gpu(tmp_path, monkeypatch) -> None:
     regime.GPU_JSON.write_text(json.dumps(gpu_json()))
     assert regime.main(["render"]) == 0
     md = (regime.OUT / "regime.md").read_text()
-    assert "## GPU machine" in md and "Not used by any verdict (fewer than 5 seeds)" in md
+    assert "## GPU machine" in md
+    assert "Not used by any verdict (an arm with fewer than 5 seeds)" in md
 
 
 def test_a_summary_without_per_seed_values_gets_the_raw_interval(tmp_path) -> None:
@@ -162,3 +163,21 @@ def test_regime_map_counts_outcomes_and_reads_the_factorial() -> None:
     fair[key.format("teacher_mse", "p_holm")] = 0.2
     assert "no fractional schedule (`fraqat-late`) beats" in regime_map(
         {"CPU": (summarize(df), df)}, fair=fair)
+
+
+def test_a_cell_is_used_only_where_every_arm_has_five_seeds() -> None:
+    """qat at 5 seeds, the other arms at 4: the map shows the range and no verdict uses it;
+    a fractional arm with warm-up that wins is read against its warm-up control."""
+    q = [1.0, 1.1, 1.05, 1.02, 1.08]
+    short = {"qat": q, "qat-warmup": [x * 0.5 for x in q[:4]],
+             "fraqat-late": [x * 0.8 for x in q[:4]]}
+    w4 = {"qat": q, "qat-warmup": [x * r for x, r in zip(q, (0.50, 0.52, 0.49, 0.51, 0.50),
+                                                         strict=True)],
+          "fraqat-late": [x * r for x, r in zip(q, (1.0, 1.01, 0.99, 1.0, 1.02), strict=True)],
+          "fraqat-late-warmup": [x * r for x, r in zip(q, (0.51, 0.50, 0.49, 0.52, 0.50),
+                                                       strict=True)]}
+    df = pd.DataFrame(cell("w3", short) + cell("w4", w4))
+    md = regime_map({"CPU": (summarize(df), df)}, cpu_params_m=0.19)
+    assert "| CPU | w3 | 4–5 |" in md
+    assert "Not used by any verdict (an arm with fewer than 5 seeds): `w3` (CPU)" in md
+    assert "`w4` (CPU): `fraqat-late-warmup` ×" in md and "and `qat-warmup` ×" in md
