@@ -14,7 +14,8 @@ from collections.abc import Mapping
 
 from fraqat.report.stats import THRESHOLD_PCT, classify, seeds_needed, side
 
-READING = {"better": "lower, ≥ 4 % and confirmed", "worse": "higher, ≥ 4 % and confirmed",
+READING = {"better": "lower: estimate ≥ 4 %, interval excludes 0",
+           "worse": "higher: estimate ≥ 4 %, interval excludes 0",
            "within": "within ±4 %", "unresolved": "not resolved"}  # one effect, by side()
 VERB = {"wins": "beats", "loses": "loses to", "ties": "is within ±{t:g} % of",
         "mixed": "is better than and worse than (on different metrics)",
@@ -32,7 +33,8 @@ def fmt_effect(effect: Mapping | None) -> str:
 
 
 def read_effect(name: str, effect: Mapping | None, threshold: float = THRESHOLD_PCT) -> str:
-    """``fractional bits ×1.050 (+5.0 % [+1.2, +9.0]): higher, ≥ 4 % and confirmed``."""
+    """``fractional bits ×1.050 (+5.0 % [+1.2, +9.0]): higher: estimate ≥ 4 %, interval
+    excludes 0``."""
     return f"{name} {fmt_effect(effect)}: {READING[side(effect, threshold)]}"
 
 

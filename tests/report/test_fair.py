@@ -58,7 +58,7 @@ def test_factorial_and_verdict_sentences() -> None:
     assert f"On {SCOPE}, `fraqat-late` loses to `qat`: held-out loss ×1.1" in text
     assert f"On {SCOPE}, `qat-warmup` beats `qat`" in text
     assert f"Factorial on {SCOPE} (held-out loss" in text and "fractional bits ×1.1" in text
-    assert "interaction ×" in text and ": higher, ≥ 4 % and confirmed" in text
+    assert "interaction ×" in text and ": higher: estimate ≥ 4 %, interval excludes 0" in text
     assert "(paired t test on the log-ratios, 80 % power, α 0.05)" in text
     assert "`fraqat-late` 0.001" in text and "Verdict:" not in text
     md = factorial_markdown(ev)

@@ -90,9 +90,9 @@ def test_a_single_effect_reads_no_stronger_than_its_interval(e: dict | None) -> 
     from fraqat.report.words import read_effect
 
     text = read_effect("fractional bits", e)
-    if "lower, ≥ 4 % and confirmed" in text:
+    if "lower: estimate ≥ 4 %, interval excludes 0" in text:
         assert _confirmed(e, -1)
-    if "higher, ≥ 4 % and confirmed" in text:
+    if "higher: estimate ≥ 4 %, interval excludes 0" in text:
         assert _confirmed(e, +1)
     if "within ±4 %" in text:
         assert e and -4 < e["ci_pct"][0] and e["ci_pct"][1] < 4

@@ -147,7 +147,7 @@ def test_regime_map_counts_outcomes_and_reads_the_factorial() -> None:
             "learning rate (held-out loss, 3 cells with ≥ 5 seeds, Holm across them): wins in "
             "1 (`w4`); ties in 1 (`w4-outliers`); unresolved in 1 (`w3`).") in md
     assert "the fractional-bits effect at equal warm-up is ×" in md
-    assert "(lower, ≥ 4 % and confirmed)" in md
+    assert "(lower: estimate ≥ 4 %, interval excludes 0)" in md
     assert "`fraqat-late-warmup` in 2 of 3 cells" in md
     assert "above `qat`'s in 3 of 3 cells" in md and "30×→1×" in md
     assert "`w4-outliers` (CPU): qat ×2.0" in md and "has not been run" in md
