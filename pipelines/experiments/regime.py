@@ -196,8 +196,9 @@ def verdict(table: pd.DataFrame) -> str:
     frac = table[table["method"].isin(FRACTIONAL)]
     wins = frac[frac["outcome"] == "wins"]
     unused = table[table["outcome"].str.startswith("not used")]["cell"].unique()
-    text = (f"Fractional schedules beating standard QAT by ≥ {WIN_PCT:g} % on the held-out "
-            "loss, Holm-adjusted over the cells with ≥ 5 seeds: " +
+    text = (f"Fractional schedules that beat standard QAT on the held-out loss (estimate ≥ "
+            f"{WIN_PCT:g} % lower, Holm-adjusted p < 0.05, over the cells with ≥ 5 "
+            "seeds): " +
             (", ".join(f"`{r.method}` in `{r.cell}`" for r in wins.itertuples())
              if len(wins) else "none") + ".")
     if (wins["method"] != "fraqat-late").any():
