@@ -252,12 +252,16 @@ def regime(root: Path) -> str:
     return section((root / "reports/regime/regime.md").read_text(), "Regime map")
 
 
+STEP_VARIANTS = {(v, m) for v in ("fp", "w4a8") for m in ("eager", "graph", "compile")}
+
+
 def _step_runs(root: Path) -> dict | None:
     """The newest trainer-step benchmark JSON that timed every variant (FP and W4A8, 3 modes)."""
     best = None
     for path in sorted(root.glob("benchmarks/results/*/*train_step.json")):
         run = json.loads(path.read_text())
-        if "meta" in run and len(run.get("rows", [])) == 6 and run.get("rounds_done"):
+        timed = {(r["variant"], r["mode"]) for r in run.get("rows", [])}
+        if "meta" in run and timed >= STEP_VARIANTS and run.get("rounds_done"):
             if best is None or run["meta"]["date"] > best["meta"]["date"]:
                 best = run
     return best
