@@ -20,6 +20,8 @@ from fraqat.methods import NAMES, RUN_NAMES
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="FraQAT: progressive fractional-bit QAT for diffusion transformers.")
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="Path to params.yaml.")
+SeedOpt = typer.Option(None, min=0, help="one seed (default: every seed of params.yaml's "
+                       "seeds, in parallel workers: FRAQAT_JOBS, default one per core)")
 log = logging.getLogger("fraqat")
 
 
@@ -98,8 +100,8 @@ def teacher(params: Path = ParamsOpt) -> None:
 
 @app.command()
 def train(method: str = typer.Option(..., help=" | ".join(RUN_NAMES)),
-          seed: int = typer.Option(0, min=0), params: Path = ParamsOpt) -> None:
-    """Quantization-aware training of one (method, seed) run, resumable."""
+          seed: int | None = SeedOpt, params: Path = ParamsOpt) -> None:
+    """Quantization-aware training of one (method, seed) run, or of every seed, resumable."""
     _run_stage("train", params, method=_check_method(method, RUN_NAMES), seed=seed)
 
 
@@ -117,7 +119,7 @@ def classifier(params: Path = ParamsOpt) -> None:
 
 @app.command()
 def evaluate(method: str = typer.Option(..., help=" | ".join(NAMES)),
-             seed: int = typer.Option(0, min=0), params: Path = ParamsOpt) -> None:
+             seed: int | None = SeedOpt, params: Path = ParamsOpt) -> None:
     """Sample fixed prompts/noise and score FID, prompt accuracy and teacher fidelity."""
     _run_stage("evaluate", params, method=_check_method(method, NAMES), seed=seed)
 

@@ -41,7 +41,7 @@ class Method:
 
     @property
     def has_run(self) -> bool:
-        """Does the ``train`` stage write a run (``data/runs/<name>-s<seed>``) for it?"""
+        """Does the ``train`` stage write a run (``data/runs/<name>/s<seed>``) for it?"""
         return self.schedule is not None
 
     @property

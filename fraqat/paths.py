@@ -16,7 +16,7 @@ CALIBRATION = DATA / "calibration.safetensors"    # x_t, timesteps, labels (+ x0
 TEACHER_OUTPUTS = DATA / "teacher_outputs.safetensors"
 VALIDATION = DATA / "validation.safetensors"      # x_t, t, labels from train images QAT never sees
 CLASSIFIER = DATA / "classifier"                  # evaluation classifier / feature network
-RUNS = DATA / "runs"                              # one folder per trained (method, seed)
+RUNS = DATA / "runs"                              # <method>/s<seed>: one trained run
 CHECKPOINTS = DATA / "checkpoints"                # resumable training state, not a DVC output
 SAMPLES = DATA / "samples"
 EXPORT = DATA / "export"                          # model.onnx, model.encodings, manifest.json
@@ -35,28 +35,35 @@ METRICS = REPORTS / "metrics.json"
 
 
 def run_name(method: str, seed: int) -> str:
+    """The run's label in logs, tables and experiment names (``qat-s0``)."""
     return f"{method}-s{seed}"
 
 
+def seed_name(seed: int) -> str:
+    return f"s{seed}"
+
+
+# One folder per method of each kind, one entry per seed in it: the grouped ``train@<method>``
+# and ``evaluate@<method>`` stages each declare one output folder per kind.
 def run_dir(method: str, seed: int) -> Path:
-    return RUNS / run_name(method, seed)
+    return RUNS / method / seed_name(seed)
 
 
 def checkpoint_dir(method: str, seed: int) -> Path:
-    return CHECKPOINTS / run_name(method, seed)
+    return CHECKPOINTS / method / seed_name(seed)
 
 
 def train_metrics(method: str, seed: int) -> Path:
-    return TRAIN_REPORTS / f"{run_name(method, seed)}.json"
+    return TRAIN_REPORTS / method / f"{seed_name(seed)}.json"
 
 
 def train_log(method: str, seed: int) -> Path:
-    return TRAIN_REPORTS / f"{run_name(method, seed)}.tsv"
+    return TRAIN_REPORTS / method / f"{seed_name(seed)}.tsv"
 
 
 def eval_metrics(method: str, seed: int) -> Path:
-    return EVAL_REPORTS / f"{run_name(method, seed)}.json"
+    return EVAL_REPORTS / method / f"{seed_name(seed)}.json"
 
 
 def samples_path(method: str, seed: int) -> Path:
-    return SAMPLES / f"{run_name(method, seed)}.safetensors"
+    return SAMPLES / method / f"{seed_name(seed)}.safetensors"

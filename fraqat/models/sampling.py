@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 
 from fraqat.models.rectified_flow import seeded_noise  # noqa: F401  (re-exported)
 from fraqat.models.registry import TextToImage
@@ -20,6 +19,10 @@ from fraqat.models.registry import TextToImage
 def sample(model: TextToImage, prompts: Sequence[str], noise: torch.Tensor, steps: int,
            batch_size: int = 256) -> torch.Tensor:
     """Integrate dx/dt = v from t=1 (noise) to t=0 with ``steps`` Euler steps."""
+    # imported here: the scheduler's module pulls in scipy.stats (~1 s), which the stages that
+    # only train (and import this module through the backends) never use
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     model.eval()
     out = []
     for i in range(0, len(prompts), batch_size):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from fraqat import paths
+from fraqat import jobs, paths
 from fraqat.backends import Backend, backend_of
 from fraqat.errors import FraqatError
 from fraqat.eval.fidelity import fidelity, model_size_mb
@@ -75,10 +75,14 @@ def noise_metrics(noise: torch.Tensor, reference_fp: torch.Tensor,
             "eval_steps": None}
 
 
-def run(params: Params, method: str, seed: int) -> None:
+def run(params: Params, method: str, seed: int | None = None) -> None:
+    """Evaluate ``method`` at ``seed``, or at every seed of ``params.seeds`` in parallel
+    workers (:mod:`fraqat.jobs`); the fp reference has seed 0 only."""
+    seeds = [seed] if seed is not None else [0] if method == REFERENCE else list(params.seeds)
     backend = backend_of(params)
     with backend.evaluation_scope():
-        evaluate(params, backend, method, seed)
+        jobs.run_all(lambda s: evaluate(params, backend, method, s), seeds,
+                     jobs.workers_for(params, len(seeds)))
 
 
 def evaluate(params: Params, backend: Backend, method: str, seed: int) -> None:

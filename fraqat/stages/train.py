@@ -1,4 +1,5 @@
-"""Stage ``train --method M --seed S``: QAT of one run, or PTQ (calibration only).
+"""Stage ``train --method M [--seed S]``: QAT of one run, or PTQ (calibration only); without
+``--seed``, every seed of ``params.seeds``, in parallel workers (:mod:`fraqat.jobs`).
 
 The method's recipe is :mod:`fraqat.methods`'s; its peak learning rate is the one ``tune``
 chose (``reports/tune.json``, read here and passed down).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from fraqat import paths
+from fraqat import jobs, paths
 from fraqat.artifacts import load_tuned_lrs
 from fraqat.backends import backend_of
 from fraqat.io import write_json
@@ -22,9 +23,15 @@ log = logging.getLogger(__name__)
 DISTRIBUTED = True  # train.processes > 1 runs this stage under torchrun (fraqat.train.launch)
 
 
-def run(params: Params, method: str, seed: int) -> None:
+def run(params: Params, method: str, seed: int | None = None) -> None:
+    seeds = list(params.seeds) if seed is None else [seed]
     distributed.init_from_env(params.device)  # under torchrun: data-parallel over the ranks
     lr = peak_lr(params, method, load_tuned_lrs())
+    jobs.run_all(lambda s: train_one(params, method, s, lr), seeds,
+                 jobs.workers_for(params, len(seeds)))
+
+
+def train_one(params: Params, method: str, seed: int, lr: float) -> None:
     student, result = train_student(params, method, seed, paths.checkpoint_dir(method, seed),
                                     paths.train_log(method, seed), lr=lr,
                                     source=backend_of(params))

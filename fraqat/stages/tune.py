@@ -11,7 +11,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from fraqat import paths
+from fraqat import jobs, paths
 from fraqat.backends import backend_of
 from fraqat.errors import FraqatError
 from fraqat.io import write_json
@@ -26,8 +26,9 @@ DISTRIBUTED = True  # train.processes > 1 runs this stage under torchrun (fraqat
 
 def run(params: Params) -> None:
     """Train every tuned method once per ``tune.lr_grid`` value (seed ``tune.seed``, budget
-    ``tune.steps`` or ``train.steps``); keep the lr with the lowest validation loss at the
-    target bits. Writes ``reports/tune.json`` only when every run has finished."""
+    ``tune.steps`` or ``train.steps``), the grid's points in parallel workers
+    (:mod:`fraqat.jobs`); keep the lr with the lowest validation loss at the target bits.
+    Writes ``reports/tune.json`` only when every run has finished."""
     grid, methods = list(params.tune.lr_grid), tuned_methods(params)
     steps = params.tune.steps or params.train.steps
     tuned = params.model_copy(update={"train": params.train.model_copy(update={"steps": steps})})
@@ -42,27 +43,33 @@ def run(params: Params) -> None:
     distributed.init_from_env(params.device)  # under torchrun: every rank trains each point
     backend = backend_of(params)
     val = backend.validation_set(params, load_teacher(paths.TEACHER))
+    points = [(method, lr) for method in methods for lr in grid]
     with tempfile.TemporaryDirectory() as own:
         tmp = distributed.broadcast_path(own)  # one folder for all ranks (sharded checkpoints)
+
+        def point(item: tuple[str, float]) -> tuple[float, dict]:
+            """One grid point's validation loss and stability (inf: it diverged)."""
+            method, lr = item
+            run = Path(tmp) / f"{method}-lr{lr:g}"
+            try:
+                _, result = train_student(tuned, method, params.tune.seed, run / "ckpt",
+                                          run / "log.tsv", lr=lr, probe=val, source=backend)
+            except FraqatError as exc:  # the trainer stops on a non-finite loss
+                log.warning("tune %s lr %g: %s", method, lr, exc)
+                return math.inf, {"diverged": True}
+            log.info("tune %s lr %g: validation loss %.5f (%.1f s)", method, lr,
+                     result["final_target_loss"], result["wall_seconds"])
+            return float(result["final_target_loss"]), \
+                {k: result[k] for k in ("max_spike", "diverged", "final_loss")}
+
+        done = dict(zip(points, jobs.run_all(point, points,
+                                             jobs.workers_for(params, len(points))),
+                        strict=True))
         for method in methods:
-            losses, stab = {}, {}
-            for lr in grid:
-                run = Path(tmp) / f"{method}-lr{lr:g}"
-                try:
-                    _, result = train_student(tuned, method, params.tune.seed, run / "ckpt",
-                                              run / "log.tsv", lr=lr, probe=val,
-                                              source=backend)
-                except FraqatError as exc:  # the trainer stops on a non-finite loss
-                    log.warning("tune %s lr %g: %s", method, lr, exc)
-                    losses[lr], stab[lr] = math.inf, {"diverged": True}
-                    continue
-                losses[lr] = float(result["final_target_loss"])
-                stab[lr] = {k: result[k] for k in ("max_spike", "diverged", "final_loss")}
-                log.info("tune %s lr %g: validation loss %.5f (%.1f s)", method, lr,
-                         losses[lr], result["wall_seconds"])
+            losses = {lr: done[method, lr][0] for lr in grid}
             out["losses"][method] = {f"{lr:g}": v if math.isfinite(v) else None
                                      for lr, v in losses.items()}
-            out["stability"][method] = {f"{lr:g}": v for lr, v in stab.items()}
+            out["stability"][method] = {f"{lr:g}": done[method, lr][1] for lr in grid}
             out["chosen"][method] = choose_lr(losses)
             log.info("tune %s: lr %g", method, out["chosen"][method])
         distributed.barrier()

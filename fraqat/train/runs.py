@@ -1,4 +1,4 @@
-"""A trained quantized model on disk: ``data/runs/<method>-s<seed>/``.
+"""A trained quantized model on disk: ``data/runs/<method>/s<seed>/``.
 
 ``model.safetensors`` holds the transformer's state dict (weights + activation quantizer
 state), ``quant.json`` the :class:`~fraqat.quant.layers.QuantConfig` and the deployed weight bits,
@@ -67,14 +67,14 @@ def load_quantized_transformer(folder: str | Path) -> torch.nn.Module:
     trained state), so it drops into the family's pipeline::
 
         pipe = SanaPipeline.from_pretrained(model_path, transformer=load_quantized_transformer(
-            "data/runs/fraqat-s0"))
+            "data/runs/fraqat/s0"))
     """
     import diffusers
 
     folder = Path(folder)
     for name in ("config.json", "quant.json", "model.safetensors"):
         require(folder / name, f"{name} of a run folder written by `fraqat train`, "
-                "data/runs/<method>-s<seed>")
+                "data/runs/<method>/s<seed>")
     arch = read_json(folder / "config.json", ("_class_name",))
     cls = getattr(diffusers, arch["_class_name"])
     info = read_json(folder / "quant.json", ("config",))
