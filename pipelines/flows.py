@@ -3,7 +3,7 @@
 Every task calls ``dvc repro --single-item <stage>`` (a subprocess), so execution, caching
 (cache + run-cache) and lineage (``dvc.lock``) stay DVC's; the flow re-implements no stage.
 The task graph is DVC's own graph (``dvc.repo.Repo(...).index.graph``), so new stages and the
-``method × seed`` matrix appear without edits here.
+per-method ``train@<method>`` / ``evaluate@<method>`` stages appear without edits here.
 
 Parameters. None means "as in params.yaml". Values that differ (``bits``, ``methods``,
 ``seeds``, a ``profile``, ``overrides`` as ``key=value``) are validated against the params
@@ -15,11 +15,13 @@ workspace.
 Concurrency: stage-level calls in one workspace, not the experiment queue. DVC releases the
 repo lock while a stage's command runs (``dvc/stage/run.py``: ``unlocked_repo(cmd_run)``) and
 guards the stage's deps/outs with per-path read/write locks, so stages with no path in
-conflict -- the ``train@method-seed`` branches, ``classifier``, the ``evaluate`` matrix -- run
-at the same time; only DVC's short bookkeeping is serialized on the repo lock, which
+conflict -- the ``train@<method>`` branches, ``classifier``, the ``evaluate@<method>`` stages --
+run at the same time; only DVC's short bookkeeping is serialized on the repo lock, which
 ``dvc --wait-for-lock`` waits for. Each call is its own process (the lock is a per-process
 file lock). At most ``FRAQAT_FLOW_WORKERS`` stage commands (default ``min(4, cores)``) run at
-once, each with ``cores // workers`` OpenMP threads unless ``OMP_NUM_THREADS`` is set. A task
+once, each with ``cores // workers`` OpenMP threads unless ``OMP_NUM_THREADS`` is set, and as
+many run workers (``FRAQAT_JOBS``, :mod:`fraqat.jobs`) unless that is set: concurrent stages
+times their pools stay within the cores. A task
 that meets a busy lock fails as :class:`LockBusy` and is retried with a delay; a stage that
 fails for real is not retried, and its downstream stages do not start.
 
@@ -50,6 +52,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from fraqat.errors import ParamsError
+from fraqat.jobs import JOBS_ENV
 from fraqat.params import TRAINED_METHODS
 from pipelines import profiles, workspace
 from pipelines.run_artifacts import Progress, publish
@@ -81,7 +84,9 @@ def _env(repo: Path) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+    share = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    env.setdefault("OMP_NUM_THREADS", share)
+    env.setdefault(JOBS_ENV, share)  # each stage's pool of seeds / grid points
     return env
 
 

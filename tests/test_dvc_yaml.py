@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fraqat import paths
 from fraqat.cli import app
 from fraqat.params import load_params, parse_params
 from pipelines import profiles
@@ -43,8 +44,9 @@ def test_profile_overrides_a_few_known_keys_and_validates(name):
 
 
 def test_every_registry_method_becomes_train_and_evaluate_stages(tmp_path):
-    """dvc.yaml's matrices read ``methods`` and ``seeds``: any method the registry has runs
-    through ``dvc exp run -S 'methods=[...]'`` with no edit of dvc.yaml."""
+    """dvc.yaml's matrices read ``methods`` (one stage per method; it runs every seed): any
+    method the registry has runs through ``dvc exp run -S 'methods=[...]'`` with no edit of
+    dvc.yaml."""
     import shutil
     import subprocess
 
@@ -58,4 +60,18 @@ def test_every_registry_method_becomes_train_and_evaluate_stages(tmp_path):
     listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=tmp_path, check=True,
                             capture_output=True, text=True).stdout.split()
     for method in TRAINED_METHODS:
-        assert {f"train@{method}-0", f"evaluate@{method}-1"} <= set(listed), method
+        assert {f"train@{method}", f"evaluate@{method}"} <= set(listed), method
+
+
+@pytest.mark.parametrize(("stage", "files"), [
+    ("train", (paths.run_dir, paths.train_metrics, paths.train_log)),
+    ("evaluate", (paths.samples_path, paths.eval_metrics))])
+def test_a_method_stage_owns_its_method_folders_for_every_seed(stage, files):
+    """A grouped stage writes all its seeds: it reads ``seeds`` and declares one folder per
+    kind of output, the one that :mod:`fraqat.paths` puts every seed's file into."""
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in STAGES[stage]["outs"]]
+    declared = {o.replace("${item.method}", "qat") for o in outs}
+    assert "seeds" in STAGES[stage]["params"]
+    for seed in (0, 3):
+        for path in files:
+            assert any(Path(d) in path("qat", seed).parents for d in declared), path.__name__

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fraqat import paths
 from pipelines.experiments.ablation_report import cell_table, size_table, write_report
 from pipelines.experiments.exp_files import read_at
 from pipelines.experiments.grid import CHANNEL, FINAL70, exp_run_command
@@ -117,8 +118,12 @@ def traces(rows: list[dict]) -> dict[str, dict[str, pd.DataFrame]]:
         if row["name"] not in TRACE_CELLS:
             continue
         for method in TRACE_METHODS:
-            blob = subprocess.run(["git", "show", f"{row['rev']}:reports/train/{method}-s0.tsv"],
-                                  capture_output=True, text=True)
+            # this layout, or the one of experiments committed before per-method folders
+            for path in (paths.train_log(method, 0), f"reports/train/{method}-s0.tsv"):
+                blob = subprocess.run(["git", "show", f"{row['rev']}:{path}"],
+                                      capture_output=True, text=True)
+                if blob.returncode == 0:
+                    break
             if blob.returncode == 0:
                 out.setdefault(row["name"], {})[method] = pd.read_csv(io.StringIO(blob.stdout),
                                                                       sep="\t")

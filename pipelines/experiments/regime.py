@@ -66,7 +66,8 @@ CELLS: dict[str, dict[str, object]] = {
     "w4a4-lr3e-3": {"bits": 4, "act_bits": 4, **HIGH_LR},
     "w4-lr1e-2": {"bits": 4, "tune.lr_grid": "[0.01]"},
 }
-RUN = re.compile(r"reports/(train)/(.+)-s(\d+)\.json$")  # cells may stop at train
+RUN = re.compile(r"reports/(train)/(.+)[-/]s(\d+)\.json$")  # cells may stop at train;
+# <method>/s<seed>.json, or <method>-s<seed>.json in experiments committed before that layout
 
 
 def queue(seeds: str, cells: list[str], target: str | None = None) -> None:

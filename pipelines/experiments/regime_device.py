@@ -38,7 +38,7 @@ from pipelines.experiments.grid import with_overrides
 
 SEEDS = [0, 1, 2, 3, 4]
 # one run of the default table's recipe (its tuned lr 3e-4), to compare with the committed
-# reports/train/qat-s0.json that `dvc repro` wrote on another machine
+# reports/train/qat/s0.json that `dvc repro` wrote on another machine
 CHECK = {"check-default-qat": {"train.lr": 3e-4, "tune.lr_grid": [], "methods": ["qat"],
                                "seeds": [0]}}
 TINY_CPU = {k: v for k, v in regime_gpu.TINY.items() if not k.startswith("data")}

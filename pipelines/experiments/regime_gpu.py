@@ -43,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from fraqat import paths
 from pipelines import profiles
 from pipelines.experiments.grid import OUTLIERS, with_overrides
 
@@ -187,7 +188,7 @@ class Runner:
                                                             "--seed", str(seed)], label)
         row = {"cell": cell, "method": method, "seed": seed, "status": status,
                "seconds": round(seconds, 2), "teacher": self.group[cell]}
-        metrics = self.work / cell / "reports" / "train" / f"{method}-s{seed}.json"
+        metrics = self.work / cell / paths.train_metrics(method, seed)
         if status == "ok":
             m = json.loads(metrics.read_text())
             row.update({k: m.get(k) for k in RUN_KEYS})

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from pathlib import Path
 
 import pandas as pd
 
+from fraqat import paths
 from fraqat.report import factorial
 from fraqat.report.fair import FRACTIONAL, WIN_PCT
 from fraqat.report.stats import classify, seeds_needed, side
@@ -263,7 +263,7 @@ def cpu_source(cpu: dict | None, cells: list[str], known: Iterable[str]) -> str:
     if rest:
         text += f"; the other {len(rest)} cells: {dvc} (per-seed values not kept)"
     check = [r for r in cpu.get("runs", []) if r["cell"] in CHECK_CELL and r["status"] == "ok"]
-    ref = Path("reports/train/qat-s0.json")
+    ref = paths.train_metrics("qat", 0)
     if check and ref.exists():
         run = check[0]["final_target_loss"]
         dvc_loss = json.loads(ref.read_text())["final_target_loss"]
