@@ -35,7 +35,7 @@ def shard_name(i: int, k: int) -> str:
 
 
 def stage_writing(path: str | Path) -> str | None:
-    """The ``dvc.yaml`` stage whose output holds ``path`` (e.g. ``train@qat-0``); ``None``
+    """The ``dvc.yaml`` stage whose output holds ``path`` (e.g. ``train@qat``); ``None``
     outside a DVC repo or for a path no stage writes. Only asked on the way to an error."""
     try:
         from dvc.repo import Repo

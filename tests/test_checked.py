@@ -248,7 +248,7 @@ PROJECT_CASES: dict[str, tuple[tuple[str, ...], Callable[[Path], None], list[str
         "missing (2 files, 3 expected); rebuild it with `dvc repro calibrate`"),
     "checkpoint-cut-in-half": (
         (str(paths.CHECKPOINTS),), half_checkpoint, TRAIN_QAT,
-        "fraqat train: data/checkpoints/qat-s0/checkpoint.pt: not a readable torch.save file "
+        "fraqat train: data/checkpoints/qat/s0/checkpoint.pt: not a readable torch.save file "
         "(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding "
         "central directory); delete it to restart this run from step 0"),
     "truncated-tune-json": (
@@ -260,12 +260,12 @@ PROJECT_CASES: dict[str, tuple[tuple[str, ...], Callable[[Path], None], list[str
         "JSON file (JSONDecodeError: "),
     "truncated-run-weights": (
         ("data/runs",), lambda r: cut(r / paths.run_dir("fraqat", 0) / "model.safetensors"),
-        ["export"], "fraqat export: data/runs/fraqat-s0/model.safetensors: not a readable "
+        ["export"], "fraqat export: data/runs/fraqat/s0/model.safetensors: not a readable "
         "safetensors file (SafetensorError: "),
     "missing-run-config": (
         ("data/runs",), lambda r: (r / paths.run_dir("fraqat", 0) / "quant.json").unlink(),
-        ["export"], "fraqat export: data/runs/fraqat-s0/quant.json: missing (expected a JSON "
-        "file); rebuild it with `dvc repro train@fraqat-0`"),
+        ["export"], "fraqat export: data/runs/fraqat/s0/quant.json: missing (expected a JSON "
+        "file); rebuild it with `dvc repro train@fraqat`"),
 }
 
 
@@ -333,12 +333,12 @@ def test_the_advice_names_the_stage_dvc_yaml_says_writes_the_file(project, monke
     monkeypatch.chdir(project)
     assert {p: stage_writing(p) for p in (
         "data/teacher_outputs.safetensors", "data/calibration.safetensors/shard-00000-of-00002"
-        ".safetensors", "data/runs/qat-s0/model.safetensors", "data/samples/fp-s0.safetensors",
+        ".safetensors", "data/runs/qat/s0/model.safetensors", "data/samples/fp/s0.safetensors",
         "reports/tune.json", "params.yaml")} == {
         "data/teacher_outputs.safetensors": "teacher",
         "data/calibration.safetensors/shard-00000-of-00002.safetensors": "calibrate",
-        "data/runs/qat-s0/model.safetensors": "train@qat-0",
-        "data/samples/fp-s0.safetensors": "evaluate-teacher",
+        "data/runs/qat/s0/model.safetensors": "train@qat",
+        "data/samples/fp/s0.safetensors": "evaluate-teacher",
         "reports/tune.json": "tune", "params.yaml": None}
     monkeypatch.chdir(project.parent)  # outside any DVC repo: no advice to give
     assert stage_writing("repo/data/teacher_outputs.safetensors") is None
@@ -390,11 +390,11 @@ def test_dvc_repro_of_a_stage_reading_a_bad_output_gives_the_line(project):
         cut(project / paths.TEACHER_OUTPUTS)
         before = snapshot(project)
         proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item",
-                               "train@qat-0"], cwd=project, env=env_for(project),
+                               "train@qat"], cwd=project, env=env_for(project),
                               capture_output=True, text=True)
         assert snapshot(project) == before
     out = (proc.stdout + proc.stderr).splitlines()
     assert proc.returncode != 0 and not any("Traceback" in x for x in out), out[-20:]
     i = out.index(PROJECT_CASES["truncated-teacher-outputs"][3])
-    assert out[i + 1].startswith("ERROR: failed to reproduce 'train@qat-0'") and \
+    assert out[i + 1].startswith("ERROR: failed to reproduce 'train@qat'") and \
         out[i + 1].endswith("exited with 2")

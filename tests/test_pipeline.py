@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fraqat import paths
 from tests.tiny import env_for, make_tiny_repo
 
 KEY_OUTPUTS = ("reports/comparison.csv", "reports/comparison.md", "reports/metrics.json",
@@ -68,7 +69,7 @@ def test_every_stage_runs_and_writes_its_outputs(tiny):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for method in params["methods"]:
         for seed in params["seeds"]:
-            assert (repo / f"reports/train/{method}-s{seed}.json").exists()
+            assert (repo / paths.train_metrics(method, seed)).exists()
     json.loads((repo / "reports/metrics.json").read_text())
     convert = json.loads((repo / "reports/convert.json").read_text())
     assert convert["converted_bytes"] <= 0.3 * convert["run_bytes"], convert
@@ -94,7 +95,7 @@ def test_exp_run_set_param_changes_the_run(tiny):
         s for s in stages(repo) if s.startswith("train@")}
     assert {"prepare", "pretrain", "calibrate", "teacher"}.isdisjoint(ran(out))
     assert yaml.safe_load((repo / "params.yaml").read_text())["bits"] == 3
-    metrics = [json.loads(p.read_text()) for p in (repo / "reports/train").glob("*.json")]
+    metrics = [json.loads(p.read_text()) for p in (repo / "reports/train").glob("*/*.json")]
     assert metrics and all((m["weight_bits"], m["act_bits"]) == (3, 8) for m in metrics)
     assert "W3A8" in (repo / "reports/comparison.md").read_text()
 

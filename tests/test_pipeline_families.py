@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from fraqat import paths
 from fraqat.cli import app
 from pipelines import profiles
 from tests.tiny import env_for, git, make_tiny_repo
@@ -37,11 +38,11 @@ def check_results(root: Path, family: str) -> None:
     table = pd.read_csv(root / "reports/comparison.csv")
     assert table["method"].tolist() == TABLE_ROWS
     assert table["fid_mean"].notna().all()
-    fp = json.loads((root / "reports/eval/fp-s0.json").read_text())
+    fp = json.loads((root / paths.eval_metrics("fp", 0)).read_text())
     assert fp["model"] == MODEL_OF[family] and fp["feature_space"] == "classifier-8x8-grey"
     assert fp["fid_reference"] == "fp pipeline images" and fp["teacher_mse"] == 0
     for method in ("ptq", "qat", "fraqat"):
-        ev = json.loads((root / f"reports/eval/{method}-s0.json").read_text())
+        ev = json.loads((root / paths.eval_metrics(method, 0)).read_text())
         assert ev["weight_bits"] == 4 and ev["teacher_mse"] > 0
         assert ev["heldout_distill_loss"] > 0
     v = load_file(str(root / "data/teacher_outputs.safetensors"))["v"]
@@ -67,7 +68,7 @@ def test_dvc_repro_end_to_end(family, tiny_pipeline_dir, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_results(repo, family)
-    scores = [json.loads((repo / f"reports/eval/{m}-s0.json").read_text())["clip_score"]
+    scores = [json.loads((repo / paths.eval_metrics(m, 0)).read_text())["clip_score"]
               for m in ("fp", "ptq", "qat", "fraqat")]
     table = pd.read_csv(repo / "reports/comparison.csv").set_index("method")
     if family == "pixart":

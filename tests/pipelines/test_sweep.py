@@ -157,7 +157,7 @@ def test_two_workers_reproduce_the_single_machine_table_after_a_kill(
     subprocess.run(["dvc", "exp", "pull", "--force", "origin", pts[0].name], cwd=repos["lead"],
                    env=lead, check=True)
     subprocess.run(["dvc", "exp", "apply", pts[0].name], cwd=repos["lead"], env=lead)
-    assert any((repos["lead"] / "data/runs/qat-s0").iterdir())
+    assert any((repos["lead"] / "data/runs/qat/s0").iterdir())
     assert (repos["lead"] / ".sweep/regime.md").read_text().strip() in out
     with client_for(server_env) as client:  # what the UI shows: the sweep, its children, table
         runs = client.read_flow_runs()

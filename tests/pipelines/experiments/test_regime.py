@@ -14,12 +14,15 @@ from pipelines.experiments.regime_map import regime_map
 SEEDS = [(0.020, 0.018), (0.022, 0.019), (0.021, 0.0185), (0.0205, 0.0181), (0.0215, 0.0192)]
 
 
-def metrics(method: str, seed: int, loss: float, spike: float, diverged: bool) -> dict:
-    return {f"reports/train/{method}-s{seed}.json": {"data": {
+def metrics(method: str, seed: int, loss: float, spike: float, diverged: bool,
+            sep: str = "/") -> dict:
+    """One run's metric files: ``<method>/s<seed>.json``, or with ``sep="-"`` the
+    ``<method>-s<seed>.json`` of experiments committed before per-method folders."""
+    return {f"reports/train/{method}{sep}s{seed}.json": {"data": {
                 "final_target_loss": loss, "max_spike": spike, "diverged": diverged,
                 "first_update_spike": spike, "stage_start_spike": 1.5, "steady_spike": 1.2,
                 "final_loss": loss, "lr": 0.003}},
-            f"reports/eval/{method}-s{seed}.json": {"data": {
+            f"reports/eval/{method}{sep}s{seed}.json": {"data": {
                 "heldout_distill_loss": loss, "teacher_mse": loss / 4}}}
 
 
@@ -27,7 +30,7 @@ def show() -> list[dict]:
     m = {"reports/metrics.json": {"data": {"x": 1}},
          "reports/teacher.json": {"data": {"max_absmax_over_std": 15.3, "max_kurtosis": 134.0}}}
     for seed, (q, f) in enumerate(SEEDS):
-        m |= metrics("qat", seed, q, 9.0, seed == 0) | metrics("fraqat-late", seed, f, 2.0, False)
+        m |= metrics("qat", seed, q, 9.0, seed == 0) | metrics("fraqat-late", seed, f, 2.0, False, "-")
     unfinished = {"name": "w3-lr3e-3", "executor": {"state": "queued"},
                   "revs": [{"data": {"metrics": m}}]}
     return [{"experiments": [{"name": "w4-outliers-lr3e-3", "revs": [{"data": {"metrics": m}}]},
