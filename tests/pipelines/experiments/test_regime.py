@@ -30,7 +30,8 @@ def show() -> list[dict]:
     m = {"reports/metrics.json": {"data": {"x": 1}},
          "reports/teacher.json": {"data": {"max_absmax_over_std": 15.3, "max_kurtosis": 134.0}}}
     for seed, (q, f) in enumerate(SEEDS):
-        m |= metrics("qat", seed, q, 9.0, seed == 0) | metrics("fraqat-late", seed, f, 2.0, False, "-")
+        m |= metrics("qat", seed, q, 9.0, seed == 0) | \
+            metrics("fraqat-late", seed, f, 2.0, False, "-")
     unfinished = {"name": "w3-lr3e-3", "executor": {"state": "queued"},
                   "revs": [{"data": {"metrics": m}}]}
     return [{"experiments": [{"name": "w4-outliers-lr3e-3", "revs": [{"data": {"metrics": m}}]},
