@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from pathlib import Path
 
 import pandas as pd
 
+from fraqat import paths
 from fraqat.report import factorial
 from fraqat.report.fair import FRACTIONAL, WIN_PCT
 from fraqat.report.stats import classify, seeds_needed, side
@@ -61,12 +61,13 @@ def _spikes(by: dict[str, dict]) -> str:
 
 
 def scope(machines: Machines, gpu: dict | None, cpu_params_m: float | None,
-          used_only: bool = True) -> str:
+          used_only: bool = True, method: str | None = None) -> str:
     """``teachers of 0.19–10.7 M parameters on 8×8 / 28×28 digits`` for the machines whose
-    cells a verdict uses (``used_only``) or all."""
+    cells a verdict uses (``used_only``; of ``method`` vs qat where given) or all."""
     sizes, images = [], []
     for machine, (table, _) in machines.items():
-        if used_only and not ((table["seeds"] >= 5) & (table["method"] != "qat")).any():
+        arm = table["method"] == method if method else table["method"] != "qat"
+        if used_only and not ((table["seeds"] >= 5) & arm).any():
             continue  # a verdict uses a comparison with >= 5 paired seeds, not qat alone
         if machine == "CPU" and cpu_params_m:
             sizes.append(cpu_params_m)
@@ -226,11 +227,11 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
                     for m in SPIKE_METHODS if m in by and m in base))
     if not rows:
         return ""
-    where = scope(machines, gpu, cpu_params_m)
     few = [f"`{c}` ({m})" for c, m, by in rows if seeds_of(by)[0] < 5]
     no_arm = [f"`{c}` ({m})" for c, m, by in rows if "fraqat-late-warmup" not in by]
     findings = [
-        *(outcome_counts(rows, m, where) for m in VS_QAT),
+        *(outcome_counts(rows, m, scope(machines, gpu, cpu_params_m, method=m))
+          for m in VS_QAT),
         seeds_reading(rows),
         warmup_reading(rows, facts),
         stability_reading(rows, gpu),
@@ -263,7 +264,7 @@ def cpu_source(cpu: dict | None, cells: list[str], known: Iterable[str]) -> str:
     if rest:
         text += f"; the other {len(rest)} cells: {dvc} (per-seed values not kept)"
     check = [r for r in cpu.get("runs", []) if r["cell"] in CHECK_CELL and r["status"] == "ok"]
-    ref = Path("reports/train/qat-s0.json")
+    ref = paths.train_metrics("qat", 0)
     if check and ref.exists():
         run = check[0]["final_target_loss"]
         dvc_loss = json.loads(ref.read_text())["final_target_loss"]
