@@ -61,12 +61,13 @@ def _spikes(by: dict[str, dict]) -> str:
 
 
 def scope(machines: Machines, gpu: dict | None, cpu_params_m: float | None,
-          used_only: bool = True) -> str:
+          used_only: bool = True, method: str | None = None) -> str:
     """``teachers of 0.19–10.7 M parameters on 8×8 / 28×28 digits`` for the machines whose
-    cells a verdict uses (``used_only``) or all."""
+    cells a verdict uses (``used_only``; of ``method`` vs qat where given) or all."""
     sizes, images = [], []
     for machine, (table, _) in machines.items():
-        if used_only and not ((table["seeds"] >= 5) & (table["method"] != "qat")).any():
+        arm = table["method"] == method if method else table["method"] != "qat"
+        if used_only and not ((table["seeds"] >= 5) & arm).any():
             continue  # a verdict uses a comparison with >= 5 paired seeds, not qat alone
         if machine == "CPU" and cpu_params_m:
             sizes.append(cpu_params_m)
@@ -226,11 +227,11 @@ def regime_map(machines: Machines, gpu: dict | None = None, fair: dict | None = 
                     for m in SPIKE_METHODS if m in by and m in base))
     if not rows:
         return ""
-    where = scope(machines, gpu, cpu_params_m)
     few = [f"`{c}` ({m})" for c, m, by in rows if seeds_of(by)[0] < 5]
     no_arm = [f"`{c}` ({m})" for c, m, by in rows if "fraqat-late-warmup" not in by]
     findings = [
-        *(outcome_counts(rows, m, where) for m in VS_QAT),
+        *(outcome_counts(rows, m, scope(machines, gpu, cpu_params_m, method=m))
+          for m in VS_QAT),
         seeds_reading(rows),
         warmup_reading(rows, facts),
         stability_reading(rows, gpu),

@@ -185,3 +185,20 @@ def test_a_cell_is_used_only_where_every_arm_has_five_seeds() -> None:
     assert "| CPU | w3 | 4–5 |" in md
     assert "Not used by any verdict (an arm with fewer than 5 seeds): `w3` (CPU)" in md
     assert "`w4` (CPU): `fraqat-late-warmup` ×" in md and "and `qat-warmup` ×" in md
+
+
+def test_each_finding_names_the_teachers_its_own_cells_used() -> None:
+    """A GPU cell where only `qat-warmup` has 5 seeds widens that finding's scope, not the
+    `fraqat-late` one's."""
+    from pipelines.experiments.regime_map import scope
+
+    q = [1.0, 1.1, 1.05, 1.02, 1.08]
+    cpu = pd.DataFrame(cell("w4", {"qat": q, "fraqat-late": q, "qat-warmup": q}))
+    gpu = pd.DataFrame(cell("w4", {"qat": q, "qat-warmup": q, "fraqat-late": q[:4]}))
+    machines = {"CPU": (summarize(cpu), cpu), "GPU": (summarize(gpu), gpu)}
+    teachers = {"gpu": {"teachers": {"t": {"num_params": 10.7e6}},
+                        "profile": {"data": {"source": "mnist"}}}}
+    assert scope(machines, teachers["gpu"], 0.19, method="fraqat-late") == \
+        "a 0.19 M-parameter teacher on 8×8 digits"
+    assert scope(machines, teachers["gpu"], 0.19, method="qat-warmup") == \
+        "teachers of 0.19–10.7 M parameters on 8×8 digits / 28×28 digits"
