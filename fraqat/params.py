@@ -106,7 +106,7 @@ class TrainParams(_Strict):
 class TuneParams(_Strict):
     """Per-method learning rate, chosen on the validation split (``lr_grid: []``: train.lr)."""
 
-    lr_grid: list[typing.Annotated[float, Field(gt=0, le=1)]] = [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+    lr_grid: list[typing.Annotated[float, Field(gt=0, le=1)]] = [1e-4, 3e-4, 1e-3]
     steps: int | None = Field(200, ge=1)  # null: train.steps (the same budget)
     seed: int = Field(0, ge=0)
 
