@@ -13,7 +13,9 @@ then, all in one process and all on the GPU at once:
   ``Int8DynamicActivationInt8WeightConfig`` on the bf16 model, where torchao imports (they
   quantize ``nn.Linear`` only; Sana's 1x1 / depthwise convs stay bf16).
 
-Each is timed eager and replayed from a CUDA graph, on one call of the 1024 px pipeline's
+Each is timed eager and replayed from a CUDA graph (``--compile`` models also compiled by
+``torch.compile``, launched as is and replayed from a graph, with the first call's seconds),
+on one call of the 1024 px pipeline's
 transformer (:data:`benchmarks.configs.SANA_600M_CALL`: batch 2 for guidance), interleaved in
 rotated rounds (CUDA events, median and per-round spread). Memory: the model's resident bytes
 on the GPU and the peak of one call over it; disk: the files ``save_pretrained`` /
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +87,17 @@ def graphed(fn: Callable[[], torch.Tensor]) -> Callable[[], object]:
     with torch.cuda.graph(graph):
         fn()
     return graph.replay
+
+
+def first_call(fn: Callable[[], torch.Tensor], into: dict) -> Callable[[], torch.Tensor]:
+    """``fn`` after one call, whose wall time (a compiled model's compile) goes in ``into``."""
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    into["first_call_s"] = time.perf_counter() - start
+    print(f"first call (compile) {into['first_call_s']:.1f} s", flush=True)
+    return fn
 
 
 def resident(build: Callable[[], nn.Module], device: str) -> tuple[nn.Module, float]:
@@ -154,15 +168,15 @@ def table(res: dict) -> str:
     m = res["meta"]
     lines = [f"{m['device']} | torch {m['torch']} | diffusers {m['diffusers']} | torchao "
              f"{res.get('torchao', 'missing')} | {m['date']}", res["label"],
-             f"{'model':16}{'mode':7}{'ms/call':>9}{'spread':>17}{'x bf16':>8}"
+             f"{'model':16}{'mode':14}{'ms/call':>9}{'spread':>17}{'x bf16':>8}"
              f"{'resident GiB':>13}{'x bf16':>8}{'call peak GiB':>14}{'disk MiB':>10}"]
     nan = float("nan")
     for r in res["rows"]:
         if "skipped" in r:
-            lines.append(f"{r['model']:16}{r.get('mode', ''):7}skipped: {r['skipped']}")
+            lines.append(f"{r['model']:16}{r.get('mode', ''):14}skipped: {r['skipped']}")
             continue
         lo_hi = f"[{r['lo']:.2f}-{r['hi']:.2f}]"
-        lines.append(f"{r['model']:16}{r['mode']:7}{r['median']:9.2f}{lo_hi:>17}"
+        lines.append(f"{r['model']:16}{r['mode']:14}{r['median']:9.2f}{lo_hi:>17}"
                      f"{r.get('x_bf16', nan):8.2f}{r['resident_gib']:13.3f}"
                      f"{r.get('x_bf16_mem', nan):8.2f}{r['call_peak_gib']:14.2f}"
                      f"{r.get('disk_bytes', 0) / 2**20:10.1f}")
@@ -175,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=positive, default=6)
     p.add_argument("--reps", type=positive, default=10, help="timed calls per model per round")
     p.add_argument("--torchao", default="int4wo,int8da", help="torchao configs ('' for none)")
+    p.add_argument("--compile", default="bf16,fraqat-w4a8",
+                   help="models also timed under torch.compile (and, on CUDA, its graph)")
     p.add_argument("--json", type=Path)
     p.add_argument("--tiny", action="store_true", help="tiny sizes on any device")
     args = p.parse_args(argv)
@@ -219,18 +235,30 @@ def main(argv: list[str] | None = None) -> int:
                 res["rows"].append({"model": f"torchao-{kind}", "skipped": first_line(err)})
         fns: dict[str, Callable[[], object]] = {}
         rows: dict[str, dict] = {}
+        compiled = set(filter(None, args.compile.split(",")))
         for name, (model, autocast, info) in models.items():
             fn = forward(model, inputs, autocast)
             peak = call_peak(fn, args.device)
-            for mode, timed in [("eager", fn)] + ([("graph", None)] if cuda else []):
+            Make = Callable[[], Callable[[], object]]
+            modes: list[tuple[str, Make]] = [("eager", lambda f=fn: f)]
+            if cuda:
+                modes.append(("graph", lambda f=fn: graphed(f)))
+            extra: dict = {}
+            if name in compiled:
+                modes.append(("compile", lambda m=model, a=autocast, x=extra: first_call(
+                    forward(torch.compile(m), inputs, a), x)))
+                if cuda:
+                    modes.append(("compile+graph", lambda n=name: graphed(fns[f"{n}:compile"])))
+            for mode, make in modes:
                 try:
-                    timed = timed or graphed(fn)
+                    timed = make()
                 except Exception as err:
+                    traceback.print_exc()
                     res["rows"].append({"model": name, "mode": mode, "skipped": first_line(err)})
                     continue
                 fns[f"{name}:{mode}"] = timed
                 rows[f"{name}:{mode}"] = {"model": name, "mode": mode, "call_peak_gib": peak,
-                                          **info}
+                                          **info, **(extra if "compile" in mode else {})}
         times = interleaved(fns, args.rounds, args.reps, timer=time_ms)
     for key, row in rows.items():
         row.update(spread(times[key]))

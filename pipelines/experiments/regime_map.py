@@ -86,18 +86,22 @@ def scope(machines: Machines, gpu: dict | None, cpu_params_m: float | None,
 
 def outcome_counts(rows: list[tuple[str, str, dict]], method: str, where: str) -> str:
     """One finding: ``method`` vs qat over the cells a verdict uses."""
-    used = [(cell, r["outcome"]) for cell, machine, by in rows
+    used = [(cell, machine, r["outcome"]) for cell, machine, by in rows
             if (r := by.get(method)) and not r["outcome"].startswith(("not used", "-"))]
     if not used:
         return (f"- `{method}` vs `qat`: no cell with ≥ 5 seeds ran it (no verdict).")
-    counts = {}
-    for cell, label in used:
-        counts.setdefault(label, []).append(f"`{cell}`")
+    machines = list(dict.fromkeys(m for _, m, _ in used))
+    counts: dict[str, list[str]] = {}
+    for cell, machine, label in used:
+        counts.setdefault(label, []).append(f"`{cell}`" + (f" ({machine})" if len(machines) > 1
+                                                           else ""))
     order = ("wins", "loses", "ties", "mixed", "unresolved")
     parts = [f"{label} in {len(cells)} ({', '.join(cells)})" for label, cells in
              sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9)]
     return (f"- On {where}, `{method}` vs `qat` at the same learning rate (held-out loss, "
-            f"{len(used)} cells with ≥ 5 seeds, Holm across them): {'; '.join(parts)}.")
+            f"{len(used)} cells with ≥ 5 seeds, Holm "
+            f"{'within each machine' if len(machines) > 1 else 'across them'}): "
+            f"{'; '.join(parts)}.")
 
 
 CAP = 1000  # seeds_needed's default search limit

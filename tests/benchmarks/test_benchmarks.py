@@ -121,11 +121,25 @@ def test_converted_inference_tiny_equals_fake_quant_and_is_smaller(tmp_path: Pat
 
     out = tmp_path / "ci.json"
     assert converted_inference.main(["--tiny", "--rounds", "1", "--reps", "1", "--torchao", "",
-                                     "--json", str(out)]) == 0
+                                     "--compile", "", "--json", str(out)]) == 0
     rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["fraqat-w4a8"]["rel_l2_vs_fake_quant"] == 0.0  # the CPU: the same arithmetic
     assert rows["fraqat-w4a8"]["disk_bytes"] < rows["bf16"]["disk_bytes"]
     assert rows["fraqat-w4a8"]["samples"] == 1 and "x_bf16" in rows["fraqat-w4a8"]
+
+
+@pytest.mark.slow
+def test_pipeline_call_times_every_transformer_through_the_same_pipeline(tmp_path: Path) -> None:
+    from benchmarks import pipeline_call
+
+    out = tmp_path / "pc.json"
+    assert pipeline_call.main(["--tiny", "--steps", "2", "--rounds", "2", "--torchao", "",
+                               "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"bf16", "fraqat-w4a8"} and result["resolution"] == 64
+    assert rows["fraqat-w4a8"]["samples"] == 2 and rows["bf16"]["x_bf16"] == 1.0
+    assert rows["fraqat-w4a8"]["rel_l2_vs_fake_quant"] == 0.0
 
 
 def test_paired_ratios_are_taken_round_by_round() -> None:
