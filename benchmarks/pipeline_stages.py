@@ -45,6 +45,7 @@ import yaml
 
 from benchmarks.configs import DC_AE_SANA, SANA_600M
 from benchmarks.timing import meta, write_json
+from fraqat import paths
 from pipelines import profiles
 
 GIB = 2**30
@@ -208,7 +209,7 @@ def run(tiny: bool, workdir: Path, progress=lambda rows: None) -> dict:
             progress(rows)
     finally:
         os.chdir(cwd)
-    train = [json.loads((project / f"reports/train/{m}-s0.json").read_text())
+    train = [json.loads((project / paths.train_metrics(m, 0)).read_text())
              for m in params.methods]
     return {"meta": {**meta(), "transformers": __import__("transformers").__version__,
                      "tiny": tiny},
