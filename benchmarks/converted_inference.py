@@ -141,6 +141,32 @@ def converted(base: nn.Module, inputs: dict, args, folder: Path) -> tuple[nn.Mod
     return model, info
 
 
+def quantized_variants(fp32_base: nn.Module, source: nn.Module, inputs: dict, args,
+                       folder: Path, res: dict) -> dict[str, tuple[nn.Module, bool, dict]]:
+    """``{name: (model, runs under autocast, info)}``: fraqat's converted W4A8 of the fp32
+    model and each of ``args.torchao``'s configs of ``source``; one that fails is a skipped
+    row of ``res`` (the others are still measured)."""
+    out: dict[str, tuple[nn.Module, bool, dict]] = {}
+    try:
+        conv, info = converted(fp32_base, inputs, args, folder)
+        out["fraqat-w4a8"] = (conv, True, info)
+    except Exception as err:
+        traceback.print_exc()
+        res["rows"].append({"model": "fraqat-w4a8", "skipped": first_line(err)})
+    for kind in filter(None, args.torchao.split(",")):
+        try:
+            import torchao
+
+            res["torchao"] = torchao.__version__
+            (model, fmt), mem = resident(lambda k=kind: torchao_model(source, k, args.device),
+                                         args.device)
+            out[f"torchao-{kind}"] = (model, False, {"resident_gib": mem, "format": fmt})
+        except Exception as err:
+            traceback.print_exc()
+            res["rows"].append({"model": f"torchao-{kind}", "skipped": first_line(err)})
+    return out
+
+
 def torchao_model(base: nn.Module, kind: str, device: str) -> tuple[nn.Module, str]:
     from torchao.quantization import (
         Int4WeightOnlyConfig,
@@ -216,23 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         bf16.save_pretrained(Path(tmp) / "bf16")
         models["bf16"] = (bf16, False, {"resident_gib": mem,
                                         "disk_bytes": stored_bytes(Path(tmp) / "bf16")})
-        try:
-            conv, info = converted(base, inputs, args, Path(tmp) / "w4a8")
-            models["fraqat-w4a8"] = (conv, True, info)
-        except Exception as err:
-            traceback.print_exc()
-            res["rows"].append({"model": "fraqat-w4a8", "skipped": first_line(err)})
-        for kind in filter(None, args.torchao.split(",")):
-            try:
-                import torchao
-
-                res["torchao"] = torchao.__version__
-                (model, fmt), mem = resident(lambda k=kind: torchao_model(base, k, args.device),
-                                             args.device)
-                models[f"torchao-{kind}"] = (model, False, {"resident_gib": mem, "format": fmt})
-            except Exception as err:
-                traceback.print_exc()
-                res["rows"].append({"model": f"torchao-{kind}", "skipped": first_line(err)})
+        models.update(quantized_variants(base, base, inputs, args, Path(tmp) / "w4a8", res))
         fns: dict[str, Callable[[], object]] = {}
         rows: dict[str, dict] = {}
         compiled = set(filter(None, args.compile.split(",")))

@@ -32,13 +32,7 @@ import torch
 from torch import nn
 
 from benchmarks.configs import SANA_600M, SANA_600M_CALL
-from benchmarks.converted_inference import (
-    call_inputs,
-    call_peak,
-    converted,
-    resident,
-    torchao_model,
-)
+from benchmarks.converted_inference import call_inputs, call_peak, quantized_variants
 from benchmarks.pipeline_stages import TINY_TRANSFORMER, build_pipeline
 from benchmarks.timing import first_line, interleaved, meta, positive, spread, wall_ms
 from benchmarks.timing import write_json as write_result
@@ -94,26 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         variants["bf16"] = (base, False, {"resident_gib": sum(
             t.numel() * t.element_size() for t in base.state_dict().values()) / 2**30})
-        try:
-            float_base = type(base)(**base.config).to(torch.float32)
-            float_base.load_state_dict({k: v.float() for k, v in base.state_dict().items()})
-            model, info = converted(float_base.eval(), inputs, args, Path(tmp) / "w4a8")
-            del float_base
-            variants["fraqat-w4a8"] = (model, True, info)
-        except Exception as err:
-            traceback.print_exc()
-            res["rows"].append({"model": "fraqat-w4a8", "skipped": first_line(err)})
-        for kind in filter(None, args.torchao.split(",")):
-            try:
-                import torchao
-
-                res["torchao"] = torchao.__version__
-                (model, fmt), mem = resident(lambda k=kind: torchao_model(base, k, args.device),
-                                             args.device)
-                variants[f"torchao-{kind}"] = (model, False, {"resident_gib": mem, "format": fmt})
-            except Exception as err:
-                traceback.print_exc()
-                res["rows"].append({"model": f"torchao-{kind}", "skipped": first_line(err)})
+        float_base = type(base)(**base.config).to(torch.float32)
+        float_base.load_state_dict({k: v.float() for k, v in base.state_dict().items()})
+        variants.update(quantized_variants(float_base.eval(), base, inputs, args,
+                                           Path(tmp) / "w4a8", res))
+        del float_base
         fns, rows = {}, {}
         for name, (model, fp32, info) in variants.items():
             fn = pipeline_call(pipe, model, fp32, resolution, args.steps)
