@@ -234,6 +234,19 @@ def calls_text(gpu: dict) -> str:
     return f" over {len(calls)} device calls ({', '.join(days)})" if len(calls) > 1 else ""
 
 
+def unfinished_text(runs: list[dict]) -> str:
+    """One sentence naming the cells with runs that did not finish (budget, failure), so a
+    partial cell is visible beside the table that leaves it out."""
+    by_cell: dict[str, list[str]] = {}
+    for r in runs:
+        by_cell.setdefault(r["cell"], []).append(r["status"])
+    parts = [f"`{cell}` {sum(s != 'ok' for s in st)} of {len(st)} ("
+             + ", ".join(f"{st.count(k)} {k}" for k in sorted(set(st) - {'ok'})) + ")"
+             for cell, st in by_cell.items() if any(s != "ok" for s in st)]
+    return ("Unfinished runs (no verdict uses them; the JSON's `stages` keep their log tails): "
+            + "; ".join(parts) + ".") if parts else ""
+
+
 def gpu_section(gpu: dict) -> str:
     """``## GPU machine``: the cells ``regime_gpu`` ran through the stages there."""
     df = gpu_runs(gpu)
@@ -255,6 +268,9 @@ def gpu_section(gpu: dict) -> str:
               f"per cell for every method; {done} in {fmt(gpu.get('elapsed_s'), 0)} s"
               f"{calls_text(gpu)}. "
               f"Teachers: {teachers}.", ""]
+    unfinished = unfinished_text(runs_all)
+    if unfinished:
+        lines += [unfinished, ""]
     if df.empty:
         return "\n".join(lines + ["No finished runs.", ""])
     table = summarize(df)

@@ -55,6 +55,9 @@ CELLS: dict[str, dict[str, object]] = {
     "w4-lr1e-2": {"bits": 4, "train.lr": 1e-2},
     "w4-lr1e-3": {"bits": 4, "train.lr": 1e-3},
     "w3-outliers-lr1e-3": {"bits": 3, **OUTLIERS, "train.lr": 1e-3},
+    # a 5x larger teacher (~53 M parameters), pretrained twice as long
+    "w4-lr1e-3-large": {"bits": 4, "train.lr": 1e-3, "pretrain.width": 768,
+                        "pretrain.layers": 5, "pretrain.heads": 12, "pretrain.steps": 4000},
 }
 DEFAULT_CELLS = ("w4-lr3e-3", "w3-outliers-lr3e-3", "w4-lr1e-2")
 TEACHER_KEYS = ("model", "device", "data", "pretrain", "outliers", "calibration")
@@ -144,13 +147,20 @@ class Runner:
         project.mkdir(parents=True, exist_ok=True)
         cell = next(c for c, g in self.group.items() if g == group)
         params = self.params[cell]  # any cell of the group: they agree on TEACHER_KEYS
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        for stage in CHAIN:
+        old = project / "params.yaml"
+        cached = old.exists() and teacher_key(yaml.safe_load(old.read_text())) == \
+            teacher_key(params) and (project / "reports" / "teacher.json").exists() and \
+            (project / "data" / "teacher" / "fraqat.json").exists()
+        old.write_text(yaml.safe_dump(params, sort_keys=False))
+        for stage in () if cached else CHAIN:
             status, seconds = self.stage(project, [stage], f"{group}-{stage}")
             print(f"[{self.elapsed():6.1f}s] {group} {stage}: {status} ({seconds:.1f} s)",
                   flush=True)
             if status != "ok":
                 return False
+        if cached:
+            print(f"[{self.elapsed():6.1f}s] {group}: teacher chain kept from an earlier call "
+                  f"in {project}", flush=True)
         report = json.loads((project / "reports" / "teacher.json").read_text())
         meta = json.loads((project / "data" / "teacher" / "fraqat.json").read_text())
         with self.lock:
@@ -319,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=480.0,
                     help="wall-time bound of the whole run (default 480 s)")
     ap.add_argument("--jobs", type=int, default=6, help="train runs at once (default 6)")
-    ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="scratch dir (default: a temp dir); a teacher chain an earlier call "
+                         "finished there with the same params is kept")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU (tests)")
     ap.add_argument("--skip-done", type=Path, default=None,
                     help="an earlier call's JSON: its finished runs are not run again")

@@ -67,13 +67,16 @@ def scope(machines: Machines, gpu: dict | None, cpu_params_m: float | None,
     sizes, images = [], []
     for machine, (table, _) in machines.items():
         arm = table["method"] == method if method else table["method"] != "qat"
-        if used_only and not ((table["seeds"] >= 5) & arm).any():
+        used = set(table.loc[(table["seeds"] >= 5) & arm, "cell"]) if used_only \
+            else set(table["cell"])
+        if not used:
             continue  # a verdict uses a comparison with >= 5 paired seeds, not qat alone
         if machine == "CPU" and cpu_params_m:
             sizes.append(cpu_params_m)
             images.append(IMAGES["digits"])
         if machine == "GPU" and gpu:
-            sizes += [t["num_params"] / 1e6 for t in gpu.get("teachers", {}).values()]
+            sizes += [t["num_params"] / 1e6 for t in gpu.get("teachers", {}).values()
+                      if not used_only or "cells" not in t or used & set(t["cells"])]
             images.append(IMAGES.get(gpu.get("profile", {}).get("data", {}).get("source"),
                                      "images"))
     if not sizes:

@@ -202,3 +202,8 @@ def test_each_finding_names_the_teachers_its_own_cells_used() -> None:
         "a 0.19 M-parameter teacher on 8×8 digits"
     assert scope(machines, teachers["gpu"], 0.19, method="qat-warmup") == \
         "teachers of 0.19–10.7 M parameters on 8×8 digits / 28×28 digits"
+    teachers["gpu"]["teachers"] = {"t": {"num_params": 10.7e6, "cells": ["w4"]},  # no finished
+                                   "big": {"num_params": 51.5e6, "cells": ["w4-large"]}}  # run
+    assert scope(machines, teachers["gpu"], 0.19, method="qat-warmup") == \
+        "teachers of 0.19–10.7 M parameters on 8×8 digits / 28×28 digits"
+    assert "51.5" in scope(machines, teachers["gpu"], 0.19, used_only=False)

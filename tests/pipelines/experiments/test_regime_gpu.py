@@ -52,6 +52,13 @@ def test_tiny_run_through_the_stages(tmp_path: Path) -> None:
         assert r["status"] == "ok" and r["lr"] == 0.003 and r["steps"] == TINY["train.steps"]
         assert r["final_target_loss"] > 0 and r["max_spike"] >= 1.0
 
+    again = tmp_path / "again.json"  # a second call in the same --work keeps the teacher chain
+    assert main(["--tiny", "--cells", "w3-outliers-lr3e-3", "--jobs", "2", "--out", str(again),
+                 "--work", str(tmp_path / "work"), "--methods", "qat", "--seeds", "1"]) == 0
+    second = json.loads(again.read_text())
+    assert second["complete"] and second["stages"][0]["label"].endswith("qat-s1")
+    assert second["teachers"]["teacher-0"]["final_loss"] == teacher["final_loss"]
+
 
 def test_a_failing_stage_is_recorded_with_its_log(tmp_path: Path) -> None:
     profile = with_overrides(profiles.merged(PROFILE), {**TINY, "data.source": "cifar"})
