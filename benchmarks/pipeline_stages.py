@@ -45,8 +45,7 @@ import yaml
 
 from benchmarks.configs import DC_AE_SANA, SANA_600M
 from benchmarks.timing import meta, write_json
-from fraqat import paths
-from pipelines import profiles
+from fraqat import paths, profiles
 
 GIB = 2**30
 ROOT = Path(__file__).resolve().parents[1]

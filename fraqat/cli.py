@@ -35,6 +35,7 @@ def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
         from fraqat.backends import backend_of
 
         backend_of(params).check_inputs(params)  # a real model's folder and prompts, up front
+        _check_jobs_env()
         module = importlib.import_module(f"fraqat.stages.{stage}")
         from fraqat.train import launch
 
@@ -51,6 +52,18 @@ def _run_stage(stage: str, params_path: Path, **kwargs) -> None:
         typer.echo(f"fraqat {stage}: {exc}" if not str(exc).startswith("params.yaml")
                    else str(exc), err=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+def _check_jobs_env() -> None:
+    """``FRAQAT_JOBS`` (worker processes per stage) must be a whole number >= 1 or unset."""
+    import os
+
+    from fraqat.jobs import JOBS_ENV
+
+    wanted = os.environ.get(JOBS_ENV, "").strip()
+    if wanted and not (wanted.isdigit() and int(wanted) >= 1):
+        raise FraqatError(f"{JOBS_ENV}={wanted!r}: expected a whole number of worker processes "
+                          ">= 1 (or unset: one per core)")
 
 
 def _check_method(method: str, allowed: tuple[str, ...]) -> str:
@@ -158,10 +171,10 @@ def plan(ctx: typer.Context,
     set_ = [*(set_ or []), *ctx.args]  # `--set a=1 b=2`, as the flow takes them
     from fraqat import plan as planning
     from fraqat.params import load_params
-    from pipelines.workspace import requested
+    from fraqat.profiles import requested
 
     try:
-        values = requested(profile=profile, overrides=set_ or [], root=params.resolve().parent)
+        values = requested(profile=profile, set_items=set_ or [], root=params.resolve().parent)
         p = load_params(params, overrides=values)
         if p.model not in planning.needs.SPECS:  # the embedded default: minutes on a CPU
             typer.echo(f"fraqat plan: model {p.model} trains in-project on the CPU; nothing "

@@ -51,10 +51,11 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from fraqat import profiles
 from fraqat.errors import ParamsError
 from fraqat.jobs import JOBS_ENV
 from fraqat.params import TRAINED_METHODS
-from pipelines import profiles, workspace
+from pipelines import workspace
 from pipelines.run_artifacts import Progress, publish
 
 # Stages whose commands run at the same time, at most; each gets its share of the CPU threads.
@@ -237,7 +238,7 @@ def fraqat_pipeline(
     logger = get_run_logger()
     root = Path(repo).resolve()
     try:
-        values = workspace.requested(bits, methods, seeds, profile, overrides, root)
+        values = profiles.requested(bits, methods, seeds, profile, overrides, root)
         params = workspace.check(root, values)
     except ParamsError as exc:
         return Failed(message=str(exc))  # one line in the UI and the log, no traceback
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         fraqat_pipeline.serve(name=args.name, limit=1, parameters={"repo": str(root)})
         return
     try:  # refuse bad values before a flow run exists
-        values = workspace.requested(args.bits, args.methods, args.seeds, args.profile,
+        values = profiles.requested(args.bits, args.methods, args.seeds, args.profile,
                                      args.overrides, root)
         params = workspace.check(root, values)
         stage_graph(root, [t for t in args.targets or [] if "@" not in t] or None)

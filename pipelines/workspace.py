@@ -22,32 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from fraqat.errors import ParamsError
+from fraqat import profiles
 from fraqat.io import atomic_path
 from fraqat.params import Params, load_params
-from pipelines import profiles
-
-
-def requested(bits: float | None = None, methods: list[str] | None = None,
-              seeds: list[int] | None = None, profile: str | None = None,
-              overrides: list[str] | None = None, root: Path = profiles.ROOT) -> dict:
-    """The dotted keys a run asks to change: the profile's, then ``key=value`` items, then the
-    named options (each later one wins)."""
-    values: dict[str, object] = {}
-    if profile:
-        path = profiles.path_of(profile, root)
-        if not path.is_file():
-            raise ParamsError(f"profile {profile!r} not found (allowed: "
-                              f"{', '.join(profiles.names(root))})")
-        values.update(profiles.flat(profiles.overrides(path)))
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ParamsError(f"--set {item!r}: expected key=value (e.g. train.steps=100)")
-        values[key.strip()] = yaml.safe_load(value)
-    values.update({k: v for k, v in (("bits", bits), ("methods", methods), ("seeds", seeds))
-                   if v is not None})
-    return values
 
 
 def check(root: Path, values: dict) -> Params:

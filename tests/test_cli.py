@@ -92,3 +92,18 @@ def test_every_stage_runs_on_the_pinned_threads(monkeypatch: pytest.MonkeyPatch)
         torch.set_num_threads(before)
     assert result.exit_code == 0, result.output
     assert seen == [STAGE_THREADS]
+
+
+@pytest.mark.parametrize("value", ["two", "0", "1.5"])
+def test_a_bad_worker_count_is_one_line_and_runs_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                         value: str) -> None:
+    from fraqat.stages import prepare
+
+    ran: list[bool] = []
+    monkeypatch.setattr(prepare, "run", lambda params: ran.append(True))
+    monkeypatch.setenv("FRAQAT_JOBS", value)
+    result = runner.invoke(app, ["prepare", "--params", str(ROOT / "params.yaml")])
+    assert result.exit_code == 1 and not ran
+    assert one_line(result.stderr) == (f"fraqat prepare: FRAQAT_JOBS='{value}': expected a "
+                                       "whole number of worker processes >= 1 (or unset: one "
+                                       "per core)")

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fraqat import paths
+from fraqat import paths, profiles
 from fraqat.cli import app
 from fraqat.params import load_params, parse_params
-from pipelines import profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -18,9 +18,8 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from fraqat import paths
+from fraqat import paths, profiles
 from fraqat.cli import app
-from pipelines import profiles
 from tests.tiny import env_for, git, make_tiny_repo
 from tests.tiny_pipelines import MODEL_OF, save_tiny_clip
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fraqat import needs, plan
+from fraqat import needs, plan, profiles
 from fraqat.cli import app
 from fraqat.params import load_params
-from pipelines import profiles
 from tests.tiny_pipelines import MODEL_OF, save_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines import profiles
+from fraqat import profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stage outputs and DVC's lock are results, not sources: a copy starts from a clean slate.

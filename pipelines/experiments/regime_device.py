@@ -31,8 +31,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from fraqat import profiles
 from fraqat.io import write_text
-from pipelines import profiles
 from pipelines.experiments import regime, regime_gpu
 from pipelines.experiments.grid import with_overrides
 

@@ -43,8 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from fraqat import paths
-from pipelines import profiles
+from fraqat import paths, profiles
 from pipelines.experiments.grid import OUTLIERS, with_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -142,16 +142,16 @@ H200 = "1x139"  # one H200 as torch reports it: about 139 GiB
 
 def paper_profiles(root: Path) -> list[str]:
     """The paper-* profiles in the paper models' order (``fraqat.needs.SPECS``)."""
+    from fraqat import profiles
     from fraqat.needs import SPECS
-    from pipelines import profiles
 
     names = [x for x in profiles.names(root) if x.startswith("paper-")]
     return sorted(names, key=lambda x: list(SPECS).index(profiles.overrides(x, root)["model"]))
 
 
 def _paper_params(root: Path, name: str):
+    from fraqat import profiles
     from fraqat.params import load_params
-    from pipelines import profiles
 
     return load_params(root / "params.yaml",
                        overrides=profiles.flat(profiles.overrides(name, root)))
@@ -203,7 +203,7 @@ def paper(root: Path) -> str:
 
 def provenance(root: Path) -> str:
     """Each value of the paper profiles and where it comes from (profiles/provenance.json)."""
-    from pipelines import profiles
+    from fraqat import profiles
 
     if not (root / "profiles/provenance.json").is_file():
         return "*Pending:* `profiles/provenance.json`."
@@ -292,19 +292,36 @@ def gpu_step(root: Path) -> str:
     return "\n".join(lines)
 
 
+def repro_time(root: Path) -> str:
+    """The newest ``pipelines.tools.repro --out`` JSON: how long the default takes here."""
+    runs = sorted((root / "benchmarks" / "results").glob("repro-*.json"),
+                  key=lambda p: json.loads(p.read_text())["started"])
+    if not runs:
+        return "No timed `dvc repro` is recorded yet (`python -m pipelines.tools.repro --out " \
+               "benchmarks/results/repro-cpu2.json`)."
+    r = json.loads(runs[-1].read_text())
+    slow = sorted(r["stages"].items(), key=lambda kv: -kv[1])[:3]
+    return (f"A full `dvc repro` from scratch took **{r['total_s'] / 60:.1f} min** on "
+            f"{r['cores']} cores ({r['cpu']}; {r['cpu_s'] / 60:.1f} min of CPU; "
+            f"{len(r['stages'])} stages, commit `{r['commit']}`, {r['started'][:10]}); the "
+            f"longest: " + ", ".join(f"`{k}` {v:.0f} s" for k, v in slow) +
+            f". Per stage: `{runs[-1].relative_to(root)}`.")
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"finding": finding, "results": results,
                                             "ablation": ablation,
                                             "regime": regime, "export": export, "needs": needs,
                                             "layout": layout, "paper": paper,
                                             "provenance": provenance,
-                                            "gpu": gpu_step}
+                                            "gpu": gpu_step, "repro": repro_time}
 
 
 # The user's README holds the headline; the research detail lives beside the reports.
-FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "results", "paper", "export"),
+FILES: dict[str, tuple[str, ...]] = {"README.md": ("finding", "repro", "results", "paper",
+                                                    "export"),
                                      "docs/paper.md": ("provenance",),
                                      "docs/layout.md": ("layout",),
-                                     "reports/README.md": ("ablation", "regime"),
+                                     "reports/README.md": ("repro", "ablation", "regime"),
                                      "docs/real-models.md": ("needs",),
                                      "docs/export.md": ("export",),
                                      "docs/gpu.md": ("gpu",)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines import profiles
+from fraqat import profiles
 from pipelines.experiments.regime_gpu import (
     CELLS,
     PROFILE,

@@ -40,6 +40,7 @@ def test_render_replaces_a_stale_block(tmp_path):
     (tmp_path / "benchmarks/results/export-sana-600m-cpu.json").write_text(
         json.dumps({"verify": export, "sizes": export["sizes"]}))
     stale = ("x\n<!-- finding:start -->\nold\n<!-- finding:end -->\n"
+             "<!-- repro:start -->\nold\n<!-- repro:end -->\n"
              "<!-- results:start -->\nold 9.99\n<!-- results:end -->\n"
              "<!-- ablation:start -->\nold\n<!-- ablation:end -->\n"
              "<!-- regime:start -->\nold\n<!-- regime:end -->\n"
@@ -55,6 +56,7 @@ def test_render_replaces_a_stale_block(tmp_path):
     assert "*Pending:* `profiles/paper-*.yaml`" in out and "*Pending:* `profiles/prov" in out
     assert "9.99" not in out and "| 1 | 2 |\n\nclaim text" in out and "- one" in out
     assert "<!-- regime:start -->\n- map\n<!-- regime:end -->" in out
+    assert "<!-- repro:start -->\nNo timed `dvc repro` is recorded yet" in out
     assert "<!-- finding:start -->\nmap\n<!-- finding:end -->" in out  # the map's first
     (tmp_path / "reports/comparison.md").write_text(
         "| a |\n|---|\n\n## The paper's claim\n\n**V** (x). On T, `fraqat-late` loses to "

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from fraqat.errors import ParamsError
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "profiles"
 
@@ -65,3 +67,25 @@ def flat(nested: dict, prefix: str = "") -> dict[str, object]:
 def as_set_args(values: dict[str, object]) -> list[str]:
     """Dotted keys -> ``key=value`` strings as ``dvc exp run -S`` takes them (JSON values)."""
     return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def requested(bits: float | None = None, methods: list[str] | None = None,
+              seeds: list[int] | None = None, profile: str | None = None,
+              set_items: list[str] | None = None, root: Path = ROOT) -> dict:
+    """The dotted keys a run asks to change: the profile's, then ``key=value`` items, then the
+    named options (each later one wins)."""
+    values: dict[str, object] = {}
+    if profile:
+        path = path_of(profile, root)
+        if not path.is_file():
+            raise ParamsError(f"profile {profile!r} not found (allowed: "
+                              f"{', '.join(names(root))})")
+        values.update(flat(overrides(path)))
+    for item in set_items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--set {item!r}: expected key=value (e.g. train.steps=100)")
+        values[key.strip()] = yaml.safe_load(value)
+    values.update({k: v for k, v in (("bits", bits), ("methods", methods), ("seeds", seeds))
+                   if v is not None})
+    return values
